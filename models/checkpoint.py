@@ -1,0 +1,180 @@
+"""Checkpoints: the project's own format and the reference (APoT-family) layout.
+
+The project's format is a plain dict (tensors, numbers, strings, lists) so that it
+loads with ``torch.load(..., weights_only=True)``:
+
+    {"format": "quant-sweep", "format_version": 1, "state_dict": ...,
+     "model": {arch, num_classes, in_channels}, "quant": {w_bits, a_bits, scheme, ...},
+     "data": {dataset, mean, std, ...}, "config": <resolved config or None>,
+     "provenance": {git_commit, versions, created}, "epoch": int, "metrics": {...}}
+
+A reference checkpoint is ``{"state_dict", "best_prec" | "best_acc1", "epoch",
+"optimizer"}`` with ``module.``-prefixed keys; its activation thresholds are stored as
+``<conv>.act_alpha`` where this project has ``<conv>.act_quant.act_alpha``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import platform
+import subprocess
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT = "quant-sweep"
+FORMAT_VERSION = 1
+_REPO = Path(__file__).resolve().parents[1]
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or does not fit the model; names the file."""
+
+    def __init__(self, path, message: str):
+        self.path, self.message = str(path), message
+        super().__init__(f"{path}: {message}")
+
+
+def _is_alpha(key: str) -> bool:
+    return key.endswith(("act_alpha", "wgt_alpha", "weight_alpha"))
+
+
+def family_of(state_dict: dict) -> str | None:
+    """'cifar', 'imagenet', or None (full precision: loads into either)."""
+    keys = list(state_dict)
+    if any(k.endswith(".weight_quant.wgt_alpha") for k in keys):
+        return "cifar"
+    if any(k.endswith(".weight_alpha") for k in keys):
+        return "imagenet"
+    return None
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint file safely (weights only) into a dict with a ``state_dict``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, "holds objects that are not plain data, and is not loaded "
+                                    f"(weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"is truncated or corrupt ({first})") from None
+    if isinstance(obj, dict) and "state_dict" not in obj and obj and all(
+            torch.is_tensor(v) for v in obj.values()):
+        obj = {"state_dict": obj}  # a bare state dict
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise CheckpointError(path, "is not a checkpoint: expected a dict with a 'state_dict' "
+                                    f"(got {type(obj).__name__} with keys "
+                                    f"{sorted(obj)[:6] if isinstance(obj, dict) else '-'})")
+    obj["state_dict"] = {(k[7:] if k.startswith("module.") else k): v
+                         for k, v in obj["state_dict"].items()}
+    return obj
+
+
+def is_project_checkpoint(ckpt: dict) -> bool:
+    return ckpt.get("format") == FORMAT
+
+
+def load_weights(model: nn.Module, state_dict: dict, path="checkpoint") -> dict:
+    """Load ``state_dict`` into ``model``: strict about names and shapes, lenient about alphas.
+
+    Clipping thresholds the checkpoint lacks keep their initial values (a full-precision
+    checkpoint starts a quantized model: progressive initialisation); thresholds the
+    model has no quantizer for are ignored. Returns what was left out, for reporting.
+    """
+    own = model.state_dict()
+    ckpt_family = family_of(state_dict)
+    model_family = getattr(getattr(model, "quant_policy", None), "family", None)
+    if ckpt_family and model_family and ckpt_family != model_family:
+        raise CheckpointError(path, f"is a {ckpt_family}-family quantized checkpoint, the model is "
+                                    f"{model_family}-family; set quant.family: {ckpt_family}")
+    mapped = {}
+    for key, value in state_dict.items():
+        if key not in own and key.endswith(".act_alpha"):
+            alt = key[: -len("act_alpha")] + "act_quant.act_alpha"
+            key = alt if alt in own else key
+        mapped[key] = value
+    unexpected = [k for k in mapped if k not in own]
+    missing = [k for k in own if k not in mapped]
+    bad_unexpected = [k for k in unexpected if not _is_alpha(k)]
+    bad_missing = [k for k in missing if not _is_alpha(k)]
+    shapes = [f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in mapped if k in own and tuple(mapped[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if bad_missing:
+        problems.append(f"{len(bad_missing)} model key(s) missing from it, e.g. {', '.join(bad_missing[:4])}")
+    if bad_unexpected:
+        problems.append(f"{len(bad_unexpected)} key(s) the model does not have, e.g. "
+                        f"{', '.join(bad_unexpected[:4])}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:4])}")
+    if problems:
+        arch = getattr(model, "arch", type(model).__name__)
+        raise CheckpointError(path, f"does not fit model {arch}: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in mapped.items() if k in own}, strict=False)
+    return {"missing_alphas": [k for k in missing if _is_alpha(k)],
+            "ignored_alphas": [k for k in unexpected if _is_alpha(k)]}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict:
+    """Git commit, library versions and time: recorded with every result."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("torchvision", "numpy", "ray", "mlflow", "optuna"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:
+            pass
+    return {"git_commit": _git_commit(), "versions": versions,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node()}
+
+
+def save_checkpoint(path, model: nn.Module, *, model_cfg: dict, quant_cfg: dict, data_cfg: dict,
+                    config: dict | None = None, epoch: int | None = None, metrics: dict | None = None,
+                    prov: dict | None = None) -> Path:
+    """Write the project's checkpoint atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": dict(model_cfg), "quant": dict(quant_cfg), "data": dict(data_cfg),
+        "config": config, "epoch": epoch, "metrics": dict(metrics or {}),
+        "provenance": prov or provenance(),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def build_from_checkpoint(path, **overrides) -> tuple[nn.Module, dict]:
+    """The model a project checkpoint describes, with its weights loaded."""
+    from .registry import build_model
+
+    ckpt = read_checkpoint(path)
+    if not is_project_checkpoint(ckpt):
+        raise CheckpointError(path, "is a reference checkpoint and does not say which model it "
+                                    "holds; give --arch, --w-bits, --a-bits and --scheme (and --z)")
+    kwargs = {**ckpt["model"], **ckpt["quant"], **overrides}
+    if isinstance(kwargs.get("layers"), list):
+        kwargs["layers"] = dict(kwargs["layers"])
+    model = build_model(**kwargs)
+    load_weights(model, ckpt["state_dict"], path)
+    return model, ckpt

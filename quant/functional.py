@@ -1,0 +1,136 @@
+"""Autograd functions of the quantizers (module level, so they pickle).
+
+``weight_quantize``: normalise a weight tensor (mean and std as constants), divide by
+the learnable ``alpha``, clip to [-1, 1], project the magnitude onto the level set,
+restore the sign and scale; straight-through gradient for the weight and the APoT
+clipping gradient for alpha (quantization.md, "Weight quantizer").
+
+``act_quantize``: divide by ``alpha``, clip above at 1, project, scale; gradient masked
+where the input was clipped, APoT gradient for alpha ("Activation quantizer").
+
+``fixed_point_weight``: the 8-bit first/last layer rule ``round(w / max(w) * 127) / 127
+* max(w)`` with a straight-through gradient.
+
+Quantization math is float32 whatever the input dtype (bf16 autocast included).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import kernels
+
+
+def _flatten(t: torch.Tensor):
+    """A 1-D view of a dense tensor (contiguous or channels-last) and how to undo it."""
+    if t.is_contiguous():
+        return t.view(-1), (lambda y: y.view(t.shape))
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        p = t.permute(0, 2, 3, 1)
+        return p.reshape(-1), (lambda y: y.view(p.shape).permute(0, 3, 1, 2))
+    c = t.contiguous()
+    return c.view(-1), (lambda y: y.view(c.shape))
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
+class WeightQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, alpha, thr, lv):
+        w32 = _f32(w.detach())
+        mean = w32.mean()
+        std = w32.std()
+        flat, unflatten = _flatten(w32)
+        alpha32 = _f32(alpha.detach())
+        y = kernels.run("weight_fwd", flat, mean, std, alpha32, thr, lv)
+        ctx.save_for_backward(w32, mean, std, alpha32, thr, lv)
+        ctx.in_dtype = w.dtype
+        return unflatten(y)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        w32, mean, std, alpha32, thr, lv = ctx.saved_tensors
+        flat, unflatten = _flatten(w32)
+        g, _ = _flatten(_same_layout(_f32(grad_out), w32))
+        grad_w, grad_alpha = kernels.run("weight_bwd", g, flat, mean, std, alpha32, thr, lv)
+        return unflatten(grad_w).to(ctx.in_dtype), grad_alpha.reshape(()), None, None
+
+
+class ActQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, alpha, thr, lv):
+        a32 = _f32(a.detach())
+        flat, unflatten = _flatten(a32)
+        alpha32 = _f32(alpha.detach())
+        y = kernels.run("act_fwd", flat, alpha32, thr, lv)
+        ctx.save_for_backward(a32, alpha32, thr, lv)
+        ctx.in_dtype = a.dtype
+        return unflatten(y)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a32, alpha32, thr, lv = ctx.saved_tensors
+        flat, unflatten = _flatten(a32)
+        g, _ = _flatten(_same_layout(_f32(grad_out), a32))
+        grad_a, grad_alpha = kernels.run("act_bwd", g, flat, alpha32, thr, lv)
+        return unflatten(grad_a).to(ctx.in_dtype), grad_alpha.reshape(()), None, None
+
+
+def _same_layout(g: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``g`` laid out in memory like ``ref``, so both flatten to the same element order."""
+    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+        return g.contiguous(memory_format=torch.channels_last)
+    return g.contiguous()
+
+
+def weight_quantize(w: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
+                    lv: torch.Tensor) -> torch.Tensor:
+    """Quantize a raw weight tensor (normalised inside) with clipping threshold ``alpha``."""
+    return WeightQuantize.apply(w, alpha, thr, lv)
+
+
+def act_quantize(a: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
+                 lv: torch.Tensor) -> torch.Tensor:
+    """Quantize non-negative activations with clipping threshold ``alpha``."""
+    return ActQuantize.apply(a, alpha, thr, lv)
+
+
+def normalised_weight_quantize(w_hat: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
+                               lv: torch.Tensor) -> torch.Tensor:
+    """The weight quantizer on an already normalised weight (mean 0, std 1 constants).
+
+    Used to check the quantizer against vectors whose input is the normalised weight.
+    """
+    zero = torch.zeros((), dtype=torch.float32, device=w_hat.device)
+    one = torch.ones((), dtype=torch.float32, device=w_hat.device)
+    return _NormalisedWeightQuantize.apply(w_hat, alpha, thr, lv, zero, one)
+
+
+class _NormalisedWeightQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w_hat, alpha, thr, lv, zero, one):
+        flat, unflatten = _flatten(_f32(w_hat.detach()))
+        alpha32 = _f32(alpha.detach())
+        ctx.save_for_backward(flat, alpha32, thr, lv, zero, one)
+        ctx.shape = w_hat.shape
+        return unflatten(kernels.run("weight_fwd", flat, zero, one, alpha32, thr, lv))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flat, alpha32, thr, lv, zero, one = ctx.saved_tensors
+        g = _f32(grad_out).contiguous().view(-1)
+        grad_w, grad_alpha = kernels.run("weight_bwd", g, flat, zero, one, alpha32, thr, lv)
+        return grad_w.view(ctx.shape), grad_alpha.reshape(()), None, None, None, None
+
+
+def fixed_point_weight(w: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """``round(w / max(w) * n) / n * max(w)``, n = 2^(bits-1) - 1, straight-through.
+
+    ``max(w)``, not ``max(|w|)``, as in the reference; the straight-through form
+    ``(q - w).detach() + w`` is kept literally so values match it bit for bit.
+    """
+    n = float(2 ** (bits - 1) - 1)
+    top = w.detach().max()
+    q = w.detach().div(top).mul(n).round().div(n).mul(top)
+    return (q - w).detach() + w

@@ -1,0 +1,123 @@
+"""Element-wise quantizer kernels: forward and backward of each quantizer as one pass.
+
+Each function takes flat (1-D) tensors and the projection table of a ``LevelSet``
+(``thr``: sorted float32 thresholds, ``lv``: the levels). The projection is a chain of
+``torch.where`` over the thresholds, which ``torch.compile`` fuses with the rest of the
+quantizer's arithmetic into one kernel, with no temporaries of size elements x levels.
+Where compilation is unavailable (or ``QUANT_KERNELS=eager``), the same functions run
+eagerly with ``torch.bucketize`` for the projection.
+
+Arithmetic follows the reference order exactly (divide by alpha, clamp, project, scale),
+so outputs are bit-equal to it; only the alpha gradient's float32 sum order differs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+
+import torch
+
+# ---- projection -------------------------------------------------------------------
+
+
+def _project_chain(c: torch.Tensor, thr: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
+    q = torch.where(c >= thr[0], lv[1], lv[0])
+    for i in range(1, thr.shape[0]):
+        q = torch.where(c >= thr[i], lv[i + 1], q)
+    return q
+
+
+def _project_bucketize(c: torch.Tensor, thr: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
+    return lv[torch.bucketize(c, thr, right=True)]
+
+
+def _make_kernels(project):
+    """The four quantizer kernels, written once over a projection function."""
+
+    def weight_fwd(w, mean, std, alpha, thr, lv):
+        x = (w - mean) / std / alpha
+        c = x.clamp(-1.0, 1.0)
+        if thr.shape[0] == 0:  # binary weights: level set {1}
+            q = c.sign()
+        else:
+            q = project(c.abs(), thr, lv) * c.sign()
+        return q * alpha
+
+    def weight_bwd(g, w, mean, std, alpha, thr, lv):
+        x = (w - mean) / std / alpha
+        c = x.clamp(-1.0, 1.0)
+        if thr.shape[0] == 0:
+            q = c.sign()
+        else:
+            q = project(c.abs(), thr, lv) * c.sign()
+        grad_alpha = (g * torch.where(x.abs() > 1.0, x.sign(), q - x)).sum()
+        return g / std, grad_alpha
+
+    def act_fwd(a, alpha, thr, lv):
+        c = (a / alpha).clamp(max=1.0)
+        return project(c, thr, lv) * alpha
+
+    def act_bwd(g, a, alpha, thr, lv):
+        x = a / alpha
+        over = x > 1.0
+        q = project(x.clamp(max=1.0), thr, lv)
+        grad_alpha = (g * torch.where(over, torch.ones_like(x), q - x)).sum()
+        return torch.where(over, torch.zeros_like(g), g), grad_alpha
+
+    return {"weight_fwd": weight_fwd, "weight_bwd": weight_bwd,
+            "act_fwd": act_fwd, "act_bwd": act_bwd}
+
+
+# torch's C++ builder says "No CUDA runtime is found" on every CPU-only compile: not news here.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+_EAGER = _make_kernels(_project_bucketize)
+_CHAIN = _make_kernels(_project_chain)
+_compiled: dict[str, object] = {}
+_lock = threading.Lock()
+_state = {"mode": None}
+
+
+def mode() -> str:
+    """'compiled' or 'eager': how the kernels run in this process."""
+    if _state["mode"] is None:
+        wanted = os.environ.get("QUANT_KERNELS", "compiled").strip().lower()
+        if wanted not in ("compiled", "eager"):
+            raise ValueError(f"QUANT_KERNELS={wanted!r}; expected 'compiled' or 'eager'")
+        _state["mode"] = wanted
+    return _state["mode"]
+
+
+def set_mode(value: str) -> None:
+    """Choose 'compiled' (fused by torch.compile) or 'eager' kernels for this process."""
+    if value not in ("compiled", "eager"):
+        raise ValueError(f"kernel mode {value!r}; expected 'compiled' or 'eager'")
+    _state["mode"] = value
+
+
+def _get(name: str):
+    if mode() == "eager":
+        return _EAGER[name]
+    fn = _compiled.get(name)
+    if fn is None:
+        with _lock:
+            fn = _compiled.get(name)
+            if fn is None:
+                fn = torch.compile(_CHAIN[name], dynamic=True, fullgraph=True)
+                _compiled[name] = fn
+    return fn
+
+
+def run(name: str, *args):
+    """Run kernel ``name`` on flat tensors; falls back to eager if compilation fails."""
+    if mode() == "compiled":
+        try:
+            return _get(name)(*args)
+        except Exception as exc:  # a missing compiler or an unsupported backend
+            warnings.warn(f"quantizer kernels fall back to eager mode: torch.compile failed "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                          RuntimeWarning, stacklevel=2)
+            set_mode("eager")
+    return _EAGER[name](*args)
