@@ -21,14 +21,18 @@ from . import kernels
 
 
 def _flatten(t: torch.Tensor):
-    """A 1-D view of a dense tensor (contiguous or channels-last) and how to undo it."""
+    """A 1-D alias of a dense tensor (contiguous or channels-last) and how to undo it.
+
+    The alias is detached from its base so that compiled kernels see a plain 1-D tensor
+    and do not specialise (recompile) on the shape of the tensor it came from.
+    """
     if t.is_contiguous():
-        return t.view(-1), (lambda y: y.view(t.shape))
+        return t.view(-1).detach(), (lambda y: y.view(t.shape))
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
         p = t.permute(0, 2, 3, 1)
-        return p.reshape(-1), (lambda y: y.view(p.shape).permute(0, 3, 1, 2))
+        return p.reshape(-1).detach(), (lambda y: y.view(p.shape).permute(0, 3, 1, 2))
     c = t.contiguous()
-    return c.view(-1), (lambda y: y.view(c.shape))
+    return c.view(-1).detach(), (lambda y: y.view(c.shape))
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -119,7 +123,7 @@ class _NormalisedWeightQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         flat, alpha32, thr, lv, zero, one = ctx.saved_tensors
-        g = _f32(grad_out).contiguous().view(-1)
+        g, _ = _flatten(_f32(grad_out).contiguous())
         grad_w, grad_alpha = kernels.run("weight_bwd", g, flat, zero, one, alpha32, thr, lv)
         return grad_w.view(ctx.shape), grad_alpha.reshape(()), None, None, None, None
 

@@ -97,6 +97,15 @@ def set_mode(value: str) -> None:
     _state["mode"] = value
 
 
+def _allow_recompiles(limit: int = 64) -> None:
+    """One compilation per level-set size (1-31 thresholds) and device: more than dynamo's
+    default of 8 per function once several bit widths run in one process."""
+    cfg = torch._dynamo.config
+    for attr in ("recompile_limit", "cache_size_limit"):  # the name changed across versions
+        if hasattr(cfg, attr) and getattr(cfg, attr) < limit:
+            setattr(cfg, attr, limit)
+
+
 def _get(name: str):
     if mode() == "eager":
         return _EAGER[name]
@@ -105,6 +114,7 @@ def _get(name: str):
         with _lock:
             fn = _compiled.get(name)
             if fn is None:
+                _allow_recompiles()
                 fn = torch.compile(_CHAIN[name], dynamic=True, fullgraph=True)
                 _compiled[name] = fn
     return fn
