@@ -19,7 +19,6 @@ import os
 import pickle
 import platform
 import subprocess
-import zipfile
 from pathlib import Path
 
 import torch
@@ -59,13 +58,15 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(path, "no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, "holds objects that are not plain data, and is not loaded "
-                                    f"(weights_only=True): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"is truncated or corrupt ({first})") from None
+    except Exception as exc:  # torch raises many types for a damaged file
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in text:
+            detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln), "")
+            raise CheckpointError(path, "holds objects that are not plain data, and is not loaded "
+                                        f"(weights_only=True): {detail}") from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise CheckpointError(path, f"is truncated or corrupt ({type(exc).__name__}"
+                                    f"{': ' + first[:200] if first else ''})") from None
     if isinstance(obj, dict) and "state_dict" not in obj and obj and all(
             torch.is_tensor(v) for v in obj.values()):
         obj = {"state_dict": obj}  # a bare state dict
@@ -134,10 +135,10 @@ def _git_commit() -> str | None:
 
 def provenance() -> dict:
     """Git commit, library versions and time: recorded with every result."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
     for name in ("torchvision", "numpy", "ray", "mlflow", "optuna"):
         try:
-            versions[name] = __import__(name).__version__
+            versions[name] = str(__import__(name).__version__)
         except Exception:
             pass
     return {"git_commit": _git_commit(), "versions": versions,

@@ -44,7 +44,7 @@ class _LevelQuantizer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"{self.levels!r}, {self.alpha_name}={float(self.alpha):.4g}"
+        return f"{self.levels!r}, {self.alpha_name}={float(self.alpha.detach()):.4g}"
 
 
 class WeightQuantizer(_LevelQuantizer):
