@@ -280,12 +280,19 @@ def _load_npz(cfg) -> _Raw:
     y_max = int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0)))
     classes = tuple(str(c) for c in arrays["classes"]) if "classes" in arrays \
         else tuple(str(i) for i in range(y_max + 1))
-    notes = ["npz: no augmentation unless set (data.crop_pad, data.flip)"]
+    # Augmentation defaults follow the kind of image: colour 32x32 is CIFAR's recipe
+    # (crop with 4-pixel padding, flips), grey is MNIST's (none); data.* overrides.
+    x = arrays["x_train"]
+    cifar_like = x.ndim == 4 and x.shape[1:] == (32, 32, 3)
+    crop_pad, flip = (4, True) if cifar_like else (0, False)
+    notes = [f"npz: {'CIFAR-like images: crop_pad 4, flip' if cifar_like else 'no augmentation'} "
+             "by default (data.crop_pad, data.flip override)"]
     has_stats = "mean" in arrays and "std" in arrays
     mean = tuple(float(v) for v in np.atleast_1d(arrays["mean"])) if has_stats else None
     std = tuple(float(v) for v in np.atleast_1d(arrays["std"])) if has_stats else None
     return _Raw(f"npz file {path}", arrays["x_train"], arrays["y_train"], arrays["x_test"],
-                arrays["y_test"], classes, mean, std, stats_in_file=has_stats, notes=notes)
+                arrays["y_test"], classes, mean, std, crop_pad=crop_pad, flip=flip,
+                stats_in_file=has_stats, notes=notes)
 
 
 @register_dataset("synthetic")
