@@ -6,7 +6,8 @@ loads with ``torch.load(..., weights_only=True)``:
     {"format": "quant-sweep", "format_version": 1, "state_dict": ...,
      "model": {arch, num_classes, in_channels}, "quant": {w_bits, a_bits, scheme, ...},
      "data": {dataset, mean, std, ...}, "config": <resolved config or None>,
-     "provenance": {git_commit, versions, created}, "epoch": int, "metrics": {...}}
+     "provenance": {git_commit, versions, created}, "epoch": int, "metrics": {...},
+     "train_state": {optimizer, epoch, best, history, rng}   # optional, for resuming}
 
 A reference checkpoint is ``{"state_dict", "best_prec" | "best_acc1", "epoch",
 "optimizer"}`` with ``module.``-prefixed keys; its activation thresholds are stored as
@@ -148,7 +149,7 @@ def provenance() -> dict:
 
 def save_checkpoint(path, model: nn.Module, *, model_cfg: dict, quant_cfg: dict, data_cfg: dict,
                     config: dict | None = None, epoch: int | None = None, metrics: dict | None = None,
-                    prov: dict | None = None) -> Path:
+                    prov: dict | None = None, extra: dict | None = None) -> Path:
     """Write the project's checkpoint atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,8 @@ def save_checkpoint(path, model: nn.Module, *, model_cfg: dict, quant_cfg: dict,
         "config": config, "epoch": epoch, "metrics": dict(metrics or {}),
         "provenance": prov or provenance(),
     }
+    if extra is not None:
+        payload["train_state"] = extra  # optimiser state, epoch, best: what a resume needs
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

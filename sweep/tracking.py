@@ -1,0 +1,809 @@
+"""MLflow records of a sweep, written by the driver process alone.
+
+Trials report to the driver through Ray; the driver hands every result to one
+``SweepRecorder``, which talks to MLflow through an ``MlflowClient`` (no fluent
+``mlflow.start_run`` state). What ends up in MLflow (sweep_interface.md, "What MLflow
+holds"):
+
+- one experiment per sweep ``name``, tagged ``mlflow.experimentKind =
+  custom_model_development``; with a SQLite store its artifacts live in
+  ``<folder of mlflow.db>/mlartifacts/<name>/`` (an absolute ``file://`` location, so
+  the working directory of whoever reads them does not matter);
+- one parent run per stage (run name = stage, tags ``sweep.role=stage``,
+  ``sweep.stage``) and one nested child run per trial (run name = trial id, tags
+  ``mlflow.parentRunId``, ``sweep.role=trial``, ``sweep.stage``, ``sweep.trial_id``),
+  whose parameters are the trial's config flattened to dotted keys;
+- per epoch, all metrics of a trial in one ``log_batch`` call at ``step = epoch``;
+- child run artifacts (constants below): ``checkpoint/model.pt`` (the best checkpoint,
+  what ``runs:/<run_id>`` resolves to), ``bits.json``, ``alphas.json``, ``error.txt``;
+- the best trial of a stage registered as ``models:/<name>-<arch>@<stage>-best``, the
+  version's source being ``runs:/<run_id>/checkpoint``.
+
+``--resume``: the trial -> run and stage -> run maps and the last logged epoch of every
+trial are kept in a JSON state file, rewritten atomically after every change. A
+recorder built on an existing state file re-opens the runs it names (never a second run
+for a trial) and does not log an epoch at or below the last one MLflow already holds.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import posixpath
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Iterator, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+__all__ = [
+    "ALPHAS_ARTIFACT", "BITS_ARTIFACT", "CHECKPOINT_ARTIFACT", "CHECKPOINT_DIR", "CHECKPOINT_FILE",
+    "ERROR_ARTIFACT", "SweepRecorder", "default_tracking_uri", "experiment_link",
+    "flatten_params", "free_port", "mlflow_server", "prepare_store", "registered_model_name",
+    "resolve_init", "sanitize_key", "stage_alias", "start_mlflow_server", "stop_mlflow_server",
+    "ui_command",
+]
+
+_log = logging.getLogger(__name__)
+
+# Artifact layout of a trial's child run.
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_ARTIFACT = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+BITS_ARTIFACT = "bits.json"
+ALPHAS_ARTIFACT = "alphas.json"
+ERROR_ARTIFACT = "error.txt"
+
+# Tags.
+PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+ROLE_TAG = "sweep.role"
+STAGE_TAG = "sweep.stage"
+TRIAL_TAG = "sweep.trial_id"
+STOPPED_EARLY_TAG = "sweep.stopped_early"
+FAILURE_TAG = "sweep.failure"
+ERROR_TAG = "sweep.error"
+BEST_RUN_TAG = "sweep.best_run_id"
+REGISTERED_TAG = "sweep.registered_model"
+_END_TAGS = (STOPPED_EARLY_TAG, FAILURE_TAG, ERROR_TAG)   # describe how a run last ended
+
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+# MLflow limits (mlflow/utils/validation.py).
+_MAX_KEY = 250
+_MAX_PARAM_VALUE = 6000
+_MAX_TAG_VALUE = 8000
+_ERROR_TAG_CHARS = 4000            # the full text goes to error.txt
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAMS_TAGS_PER_BATCH = 100
+_BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")  # what MLflow accepts in param/metric/tag keys
+_STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------- store
+
+def default_tracking_uri(storage_dir: str | os.PathLike) -> str:
+    """``sqlite:///<abs storage_dir>/mlflow.db``: one store for every sweep of a folder."""
+    text = os.fspath(storage_dir)
+    if "://" in text:
+        raise ValueError(
+            f"storage {text!r} is a URI, so the default SQLite MLflow store cannot live there; "
+            "pass --mlflow-uri (or tracking.mlflow_uri) naming a tracking server or a local "
+            "sqlite:///path/mlflow.db")
+    return "sqlite:///" + os.path.join(os.path.abspath(os.path.expanduser(text)), "mlflow.db")
+
+
+def _sqlite_path(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return os.path.abspath(path) if path else None
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def prepare_store(uri: str, timeout_s: float = 10.0) -> None:
+    """Make the store usable before any trial starts, from the calling process only.
+
+    SQLite: create the folder and the schema once (several processes creating a fresh
+    store at the same moment corrupt it). HTTP: check that the server answers /health,
+    so a wrong address fails now rather than after MLflow's minutes of retries.
+    """
+    db = _sqlite_path(uri)
+    if db is not None:
+        os.makedirs(os.path.dirname(db), exist_ok=True)
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    elif _is_http(uri):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise ConnectionError(
+                f"MLflow tracking server {uri} does not answer ({exc}); start it, or drop "
+                "--mlflow-uri to use the local SQLite store") from exc
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> str | None:
+    """The shell command that serves the MLflow UI for ``uri``; None for an http(s) URI,
+    which is a server (and its UI) already."""
+    if _is_http(uri):
+        return None
+    return (f"mlflow ui --backend-store-uri {shlex.quote(uri)} "
+            f"--host {host} --port {int(port)}")
+
+
+def experiment_link(base_url: str, experiment_id: str) -> str:
+    """A link that opens the experiment's training runs (not the GenAI overview)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def registered_model_name(name: str, arch: str) -> str:
+    """``<name>-<arch>``, with the characters a registered name cannot hold as ``_``."""
+    return re.sub(r"[/:]", "_", f"{name}-{arch}")
+
+
+def stage_alias(stage: str) -> str:
+    """``<stage>-best``, written with the characters an alias may hold."""
+    return re.sub(r"[^\w\-]", "_", f"{stage}-best")
+
+
+# ------------------------------------------------------------------- params, keys
+
+def sanitize_key(key: str) -> str:
+    """A key MLflow accepts: ``*``, ``[``, ``]`` and any other character outside
+    alphanumerics, ``_ - . / : space`` become ``_``; empty path parts are avoided."""
+    out = _BAD_KEY_CHARS.sub("_", str(key))
+    out = re.sub(r"/{2,}", "/", out).strip("/")
+    out = "/".join("_" if part in (".", "..") else part for part in out.split("/"))
+    return out[:_MAX_KEY] or "_"
+
+
+def _truncate(text: str, limit: int) -> str:
+    mark = "...[truncated]"
+    return text if len(text) <= limit else text[:limit - len(mark)] + mark
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return _truncate(text, _MAX_PARAM_VALUE)
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys -> MLflow parameter values: nested mappings are flattened further,
+    keys sanitized (``sanitize_key``), non-string values written as JSON, values cut to
+    MLflow's 6000 characters. Keys that collide after sanitizing keep the last value."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, full))
+            continue
+        clean = sanitize_key(full)
+        if clean in flat:
+            _log.warning("parameter %r is logged as %r, which another key also maps to",
+                         full, clean)
+        flat[clean] = _param_value(value)
+    return flat
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):      # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return str(obj)
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ----------------------------------------------------------------------- recorder
+
+class SweepRecorder:
+    """Driver-side MLflow writer for one sweep (one experiment); see the module doc.
+
+    ``uri``: tracking URI (prepared with ``prepare_store``); ``experiment_name``: the
+    sweep ``name``; ``state_path``: the resume state file in the sweep folder (loaded
+    when it exists). ``artifact_root`` overrides where a new experiment keeps artifacts
+    (default: ``mlartifacts/`` beside a SQLite database, the server's choice otherwise).
+    ``step_key`` is the metric whose history tells, on resume, the last epoch logged.
+    Use as a context manager, or call ``close`` so that no run is left RUNNING.
+    """
+
+    def __init__(self, uri: str, experiment_name: str, state_path: str | os.PathLike, *,
+                 artifact_root: str | None = None, step_key: str = "val_acc"):
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.uri = uri
+        self.experiment_name = experiment_name
+        self.state_path = os.path.abspath(os.fspath(state_path))
+        self.step_key = step_key
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self._lock = threading.RLock()
+        self._stages: dict[str, str] = {}
+        self._trials: dict[str, dict[str, Any]] = {}
+        self._checked: set[str] = set()       # trials whose last epoch was read from MLflow
+        self.resumed = os.path.exists(self.state_path)
+        if self.resumed:
+            self._load_state()
+        self.experiment_id = self._experiment(artifact_root)
+        self._save_state()
+
+    # ---------------------------------------------------------------- experiment
+
+    def _experiment(self, artifact_root: str | None) -> str:
+        client, name = self.client, self.experiment_name
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            if artifact_root is None and (db := _sqlite_path(self.uri)):
+                folder = re.sub(r"[^\w.\-]", "_", name)
+                artifact_root = pathlib.Path(db).parent.joinpath("mlartifacts", folder).as_uri()
+            try:
+                exp_id = client.create_experiment(
+                    name, artifact_location=artifact_root,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            except MlflowException:
+                exp = client.get_experiment_by_name(name)   # created meanwhile
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                _log.warning("MLflow experiment %r was deleted; restoring it", name)
+                client.restore_experiment(exp_id)
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return exp_id
+
+    # --------------------------------------------------------------------- state
+
+    def _load_state(self) -> None:
+        with open(self.state_path) as f:
+            state = json.load(f)
+        if state.get("experiment_name") != self.experiment_name:
+            raise ValueError(
+                f"{self.state_path} records experiment {state.get('experiment_name')!r}, "
+                f"not {self.experiment_name!r}; resume with the same name or restart")
+        if state.get("tracking_uri") != self.uri:
+            _log.warning("%s was written for MLflow store %s, resuming into %s: runs that "
+                         "store lacks are created afresh", self.state_path,
+                         state.get("tracking_uri"), self.uri)
+        self._stages = dict(state.get("stages", {}))
+        self._trials = {k: dict(v) for k, v in state.get("trials", {}).items()}
+
+    def _save_state(self) -> None:
+        state = {"version": _STATE_VERSION, "tracking_uri": self.uri,
+                 "experiment_name": self.experiment_name,
+                 "experiment_id": self.experiment_id, "stages": self._stages,
+                 "trials": self._trials}
+        folder = os.path.dirname(self.state_path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tracking-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # ---------------------------------------------------------------- run plumbing
+
+    def _log_batch(self, run_id: str, params: Mapping[str, str] = (),
+                   tags: Mapping[str, Any] = ()) -> None:
+        p = [Param(k, v) for k, v in dict(params).items()]
+        t = [RunTag(sanitize_key(k), _truncate(str(v), _MAX_TAG_VALUE))
+             for k, v in dict(tags).items()]
+        for chunk in _chunks(p, _MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk, synchronous=True)
+        for chunk in _chunks(t, _MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=chunk, synchronous=True)
+
+    def _create(self, run_name: str, params: Mapping[str, str], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self._log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def _reopen(self, run_id: str, params: Mapping[str, str], tags: dict[str, str]):
+        """Mark an existing run RUNNING again, clear how it last ended, and add the params
+        and tags it lacks. None when the store does not hold it (a new one is due)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            raise
+        if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id:
+            return None
+        if run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        for key in _END_TAGS:
+            if key in run.data.tags:
+                self.client.delete_tag(run_id, key)
+        old = run.data.params
+        for key in sorted(k for k in params if k in old and old[k] != params[k]):
+            _log.warning("run %s keeps parameter %s=%r (MLflow cannot change it to %r)",
+                         run_id, key, old[key], params[key])
+        self._log_batch(run_id, params={k: v for k, v in params.items() if k not in old},
+                        tags={k: v for k, v in tags.items() if run.data.tags.get(k) != v})
+        return run
+
+    def _find(self, tag: str, value: str) -> str | None:
+        """A run of this experiment carrying ``tag=value`` (a run a killed driver made
+        but did not get to record in the state file)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1,
+            order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def _open(self, known: str | None, tag: str, value: str, run_name: str,
+              params: Mapping[str, str], tags: dict[str, str]):
+        """(run_id, Run or None): re-open ``known`` (or the run a resumed sweep finds by
+        tag), else create a run."""
+        candidates = [known] if known else []
+        if not known and self.resumed and "'" not in value:
+            candidates += [r for r in [self._find(tag, value)] if r]
+        for run_id in candidates:
+            run = self._reopen(run_id, params, tags)
+            if run is not None:
+                return run_id, run
+            _log.warning("MLflow run %s (%s) is not in this experiment's store; "
+                         "starting a new run", run_id, run_name)
+        return self._create(run_name, params, tags), None
+
+    def _run_of_trial(self, trial_id: str) -> str:
+        try:
+            return self._trials[trial_id]["run_id"]
+        except KeyError:
+            raise KeyError(f"trial {trial_id!r} has no MLflow run; call "
+                           "SweepRecorder.trial_run first") from None
+
+    # ------------------------------------------------------------------ public API
+
+    def stage_run(self, stage_name: str, params: Mapping[str, Any] | None = None) -> str:
+        """The parent run of a stage: created, or on resume re-opened. Returns its id."""
+        with self._lock:
+            tags = {ROLE_TAG: "stage", STAGE_TAG: stage_name}
+            run_id, _ = self._open(self._stages.get(stage_name), STAGE_TAG, stage_name,
+                                   stage_name, flatten_params(params or {}), tags)
+            self._stages[stage_name] = run_id
+            self._save_state()
+            return run_id
+
+    def trial_run(self, trial_id: str, stage_name: str, flat_params: Mapping[str, Any],
+                  tags: Mapping[str, Any] | None = None) -> str:
+        """The child run of a trial under its stage's run: created, or re-opened when the
+        trial restarts (a retry, or a resumed sweep). Returns the run id."""
+        with self._lock:
+            parent = self._stages.get(stage_name) or self.stage_run(stage_name)
+            all_tags = {**{sanitize_key(k): str(v) for k, v in (tags or {}).items()},
+                        PARENT_TAG: parent,
+                        ROLE_TAG: "trial", STAGE_TAG: stage_name, TRIAL_TAG: trial_id}
+            rec = self._trials.get(trial_id, {})
+            run_id, run = self._open(rec.get("run_id"), TRIAL_TAG, trial_id, trial_id,
+                                     flatten_params(flat_params), all_tags)
+            last = rec.get("last_epoch") if run is not None else None
+            if run is not None and trial_id not in self._checked:
+                # the driver may have died between log_batch and saving the state file
+                logged = self._max_logged_step(run)
+                if logged is not None and (last is None or logged > last):
+                    last = logged
+            self._checked.add(trial_id)
+            self._trials[trial_id] = {"run_id": run_id, "stage": stage_name,
+                                      "last_epoch": last, "status": "RUNNING"}
+            self._save_state()
+            return run_id
+
+    def _max_logged_step(self, run) -> int | None:
+        metrics = run.data.metrics
+        keys = [self.step_key] if self.step_key in metrics else list(metrics)
+        steps = [m.step for key in keys
+                 for m in self.client.get_metric_history(run.info.run_id, key)]
+        return max(steps, default=None)
+
+    def log_epoch(self, trial_id: str, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """All metrics of one epoch in one ``log_batch`` at ``step=epoch``. An epoch at or
+        below the last one logged for the trial (a replay after a restart) is skipped:
+        returns False then, True when logged. ``None`` values are left out."""
+        with self._lock:
+            run_id = self._run_of_trial(trial_id)
+            rec = self._trials[trial_id]
+            epoch = int(epoch)
+            if rec["last_epoch"] is not None and epoch <= rec["last_epoch"]:
+                return False
+            ts = _now_ms()
+            batch = []
+            for key, value in metrics.items():
+                if value is None:
+                    continue
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    raise TypeError(f"metric {key!r} of trial {trial_id} is {value!r}, "
+                                    "not a number") from None
+                batch.append(Metric(sanitize_key(key), value, ts, epoch))
+            for chunk in _chunks(batch, _MAX_METRICS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+            rec["last_epoch"] = epoch
+            self._save_state()
+            return True
+
+    def last_epoch(self, trial_id: str) -> int | None:
+        """The last epoch logged for a trial (None: none yet)."""
+        return self._trials.get(trial_id, {}).get("last_epoch")
+
+    def run_id(self, trial_id: str) -> str | None:
+        return self._trials.get(trial_id, {}).get("run_id")
+
+    def stage_run_id(self, stage_name: str) -> str | None:
+        return self._stages.get(stage_name)
+
+    def log_artifacts(self, trial_id: str,
+                      files: Mapping[str, str | os.PathLike] | str | os.PathLike,
+                      artifact_path: str | None = None) -> None:
+        """Upload files to the trial's run. ``files`` is a folder (its content goes under
+        ``artifact_path``), one file, or ``{artifact name: local path}`` where the name
+        may hold folders (``checkpoint/model.pt``) and need not match the local name."""
+        run_id = self._run_of_trial(trial_id)
+        if not isinstance(files, Mapping):
+            path = os.fspath(files)
+            if os.path.isdir(path):
+                self.client.log_artifacts(run_id, path, artifact_path)
+            else:
+                self.client.log_artifact(run_id, path, artifact_path)
+            return
+        for name, local in files.items():
+            local = os.fspath(local)
+            name = posixpath.join(artifact_path, name) if artifact_path else name
+            folder, base = posixpath.split(name)
+            if os.path.isdir(local):
+                self.client.log_artifacts(run_id, local, name)
+            elif os.path.basename(local) == base:
+                self.client.log_artifact(run_id, local, folder or None)
+            else:
+                with tempfile.TemporaryDirectory(prefix="sweep-artifact-") as tmp:
+                    staged = os.path.join(tmp, base)
+                    try:
+                        os.link(local, staged)
+                    except OSError:
+                        shutil.copyfile(local, staged)
+                    self.client.log_artifact(run_id, staged, folder or None)
+
+    def log_checkpoint(self, trial_id: str, checkpoint: str | os.PathLike) -> None:
+        """Store the trial's best checkpoint as ``checkpoint/model.pt``; ``checkpoint`` is
+        the file or a checkpoint folder holding ``model.pt``."""
+        path = os.fspath(checkpoint)
+        if os.path.isdir(path):
+            path = os.path.join(path, CHECKPOINT_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint file at {path}")
+        self.log_artifacts(trial_id, {CHECKPOINT_ARTIFACT: path})
+
+    def log_json(self, trial_id: str, name: str, obj: Any) -> None:
+        """``obj`` as the JSON artifact ``name`` (numpy/torch values become lists/numbers)."""
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+        self.client.log_text(self._run_of_trial(trial_id), text, name)
+
+    def set_tags(self, trial_id: str, tags: Mapping[str, Any]) -> None:
+        self._log_batch(self._run_of_trial(trial_id), tags=tags)
+
+    def set_stage_tags(self, stage_name: str, tags: Mapping[str, Any]) -> None:
+        self._log_batch(self._stages[stage_name], tags=tags)
+
+    def finish_trial(self, trial_id: str, status: str = "FINISHED", error: str | None = None,
+                     stopped_early: bool = False, failure: str | None = None) -> None:
+        """End a trial's run: ``stopped_early`` (ASHA, status FINISHED) tags
+        ``sweep.stopped_early=true``; ``error`` goes to tag ``sweep.error`` (cut) and to
+        the artifact ``error.txt`` (whole); ``failure`` (e.g. ``nan_loss``) to
+        ``sweep.failure``."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL_STATUSES)}")
+        with self._lock:
+            run_id = self._run_of_trial(trial_id)
+            tags = {}
+            if stopped_early:
+                tags[STOPPED_EARLY_TAG] = "true"
+            if failure:
+                tags[FAILURE_TAG] = failure
+            if error:
+                tags[ERROR_TAG] = _truncate(str(error), _ERROR_TAG_CHARS)
+                self.client.log_text(run_id, str(error), ERROR_ARTIFACT)
+            self._log_batch(run_id, tags=tags)
+            self.client.set_terminated(run_id, status)
+            self._trials[trial_id]["status"] = status
+            self._save_state()
+
+    def finish_stage(self, stage_name: str, status: str = "FINISHED") -> None:
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL_STATUSES)}")
+        with self._lock:
+            self.client.set_terminated(self._stages[stage_name], status)
+
+    def close(self, status: str = "KILLED") -> list[str]:
+        """Give every run of this sweep still RUNNING the end ``status`` (trials before
+        stages), so none outlives the driver. Returns the ids it ended."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {', '.join(TERMINAL_STATUSES)}")
+        with self._lock:
+            ours = {rec["run_id"]: tid for tid, rec in self._trials.items()}
+            stage_ids = set(self._stages.values())
+            running, token = [], None
+            while True:
+                page = self.client.search_runs(
+                    [self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                    max_results=1000, page_token=token)
+                running += [r for r in page if r.info.run_id in ours
+                            or r.info.run_id in stage_ids or ROLE_TAG in r.data.tags]
+                token = page.token
+                if not token:
+                    break
+            running.sort(key=lambda r: r.data.tags.get(ROLE_TAG) == "stage")
+            for run in running:
+                self.client.set_terminated(run.info.run_id, status)
+                if run.info.run_id in ours:
+                    self._trials[ours[run.info.run_id]]["status"] = status
+            self._save_state()
+            return [r.info.run_id for r in running]
+
+    def __enter__(self) -> "SweepRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("FAILED" if exc_type is not None and not issubclass(
+            exc_type, KeyboardInterrupt) else "KILLED")
+
+    def register_best(self, stage_name: str, run_id: str, registered_name: str,
+                      alias: str | None = None,
+                      artifact_path: str = CHECKPOINT_DIR) -> ModelVersion:
+        """Register ``runs:/<run_id>/<artifact_path>`` as a new version of
+        ``registered_name`` and point ``alias`` (default ``<stage>-best``) at it; the
+        stage's run gets tags ``sweep.best_run_id`` and ``sweep.registered_model``.
+        If the alias already names that source, that version is returned as it is."""
+        alias = alias or stage_alias(stage_name)
+        client = self.client
+        folder, base = posixpath.split(artifact_path.rstrip("/"))
+        if not any(f.path.rstrip("/") == artifact_path.rstrip("/")
+                   for f in client.list_artifacts(run_id, folder or None)):
+            raise FileNotFoundError(f"run {run_id} has no artifact {artifact_path!r}; "
+                                    "log the checkpoint before registering it")
+        source = f"runs:/{run_id}/{artifact_path}"
+        try:
+            aliases = client.get_registered_model(registered_name).aliases or {}
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            client.create_registered_model(
+                registered_name, tags={"sweep.experiment": self.experiment_name})
+            aliases = {}
+        if alias in aliases:
+            current = client.get_model_version(registered_name, aliases[alias])
+            if current.run_id == run_id and current.source == source:
+                return current
+        version = client.create_model_version(registered_name, source=source, run_id=run_id,
+                                              tags={STAGE_TAG: stage_name})
+        client.set_registered_model_alias(registered_name, alias, version.version)
+        if stage_name in self._stages:
+            self.set_stage_tags(stage_name, {BEST_RUN_TAG: run_id,
+                                             REGISTERED_TAG: f"models:/{registered_name}@{alias}"})
+        return client.get_model_version(registered_name, version.version)
+
+
+# ------------------------------------------------------------------ initial weights
+
+def resolve_init(uri_or_path: str | os.PathLike, client: MlflowClient | str | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> tuple[str, dict[str, str]]:
+    """A ``train.init`` source as ``(local checkpoint file, lineage tags)``.
+
+    ``runs:/<run_id>`` (the run's ``checkpoint/model.pt``), ``runs:/<run_id>/<path>``,
+    ``models:/<name>@<alias>``, ``models:/<name>/<version>`` are downloaded into
+    ``cache_dir`` (a folder artifact resolves to its ``model.pt``); a local file, or a
+    checkpoint folder holding ``model.pt``, is returned as an absolute path. Lineage:
+    ``lineage.init_checkpoint`` (the source as written, a path made absolute) and
+    ``lineage.init_run_id`` when the source is an MLflow run or model version.
+    ``client``: an MlflowClient or a tracking URI (needed for ``runs:/``, ``models:/``).
+    """
+    text = os.fspath(uri_or_path)
+    if not text.startswith(("runs:/", "models:/")):
+        path = os.path.abspath(os.path.expanduser(text))
+        if os.path.isdir(path):
+            path = os.path.join(path, CHECKPOINT_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"init checkpoint {text!r}: no file at {path}")
+        return path, {"lineage.init_checkpoint": path}
+    if client is None:
+        raise ValueError(f"resolving {text!r} needs an MLflow client or tracking URI")
+    if isinstance(client, str):
+        client = MlflowClient(tracking_uri=client, registry_uri=client)
+    cache = os.path.abspath(os.fspath(cache_dir) if cache_dir is not None else
+                            os.path.join(tempfile.gettempdir(), "sweep-mlflow-cache"))
+    if text.startswith("runs:/"):
+        run_id, _, path = text[len("runs:/"):].strip("/").partition("/")
+        local = _download_run_file(client, run_id, path or CHECKPOINT_ARTIFACT, cache)
+        return local, {"lineage.init_run_id": run_id, "lineage.init_checkpoint": text}
+    version = _model_version(client, text)
+    lineage = {"lineage.init_checkpoint": text}
+    if version.run_id:
+        lineage["lineage.init_run_id"] = version.run_id
+    source = version.source or ""
+    if source.startswith("runs:/"):
+        run_id, _, path = source[len("runs:/"):].strip("/").partition("/")
+        return _download_run_file(client, run_id, path or CHECKPOINT_ARTIFACT, cache), lineage
+    import mlflow.artifacts
+    os.makedirs(cache, exist_ok=True)
+    dst = tempfile.mkdtemp(prefix="model-", dir=cache)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst,
+                                                tracking_uri=client.tracking_uri)
+    if os.path.isdir(local):
+        local = os.path.join(local, CHECKPOINT_FILE)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"{text} (source {source}) holds no {CHECKPOINT_FILE}")
+    return local, lineage
+
+
+def _model_version(client: MlflowClient, uri: str) -> ModelVersion:
+    spec = uri[len("models:/"):].strip("/")
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = spec.rpartition("/")
+        if not name:
+            raise ValueError(f"{uri!r}: write models:/<name>@<alias> or models:/<name>/<version>")
+        if version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise ValueError(f"{uri!r}: registered model {name!r} has no versions")
+            return max(versions, key=lambda v: int(v.version))
+        if not version.isdigit():
+            raise ValueError(f"{uri!r}: version {version!r} is not a number (or 'latest')")
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        # a missing alias is INVALID_PARAMETER_VALUE, a missing model or version
+        # RESOURCE_DOES_NOT_EXIST
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ValueError(f"{uri!r} names no registered model version: {exc.message}") \
+                from None
+        raise
+
+
+def _download_run_file(client: MlflowClient, run_id: str, path: str, cache: str) -> str:
+    """One checkpoint file of a run, downloaded once into ``cache/<run_id>/`` (again when
+    the stored file's size changed); a folder artifact means its ``model.pt``."""
+    path = path.strip("/")
+    listing = client.list_artifacts(run_id, path)
+    if listing:                                              # a folder
+        names = {posixpath.basename(f.path): f for f in listing}
+        if CHECKPOINT_FILE not in names:
+            raise FileNotFoundError(
+                f"runs:/{run_id}/{path} is a folder without {CHECKPOINT_FILE} "
+                f"(it holds {', '.join(sorted(names))})")
+        info = names[CHECKPOINT_FILE]
+    else:
+        folder = posixpath.dirname(path)
+        info = next((f for f in client.list_artifacts(run_id, folder or None)
+                     if f.path == path and not f.is_dir), None)
+        if info is None:
+            raise FileNotFoundError(f"run {run_id} has no artifact {path!r}")
+    final = os.path.join(cache, run_id, *info.path.split("/"))
+    if os.path.isfile(final) and (info.file_size is None
+                                  or os.path.getsize(final) == info.file_size):
+        return final
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(final))
+    try:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        local = client.download_artifacts(run_id, info.path, tmp)
+        os.replace(local, final)          # atomic: concurrent trials never see half a file
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ------------------------------------------------------------ a local MLflow server
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(backend_uri: str, artifacts_dir: str | os.PathLike, *,
+                        host: str = "127.0.0.1", port: int | None = None,
+                        log_path: str | os.PathLike | None = None, jobs: bool = False,
+                        timeout_s: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow server`` (its own process group) proxying artifacts to
+    ``artifacts_dir``; wait for /health; return ``(process, url)``. ``jobs=False``
+    turns off MLflow 3's background job workers, which a tracking store does not need."""
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    prepare_store(backend_uri)
+    env = dict(os.environ)
+    if not jobs:
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+           "--artifacts-destination", os.path.abspath(os.fspath(artifacts_dir)),
+           "--host", host, "--port", str(port), "--workers", "1"]
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    finally:
+        if log_path:
+            log.close()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with status {proc.returncode} "
+                               f"(log: {log_path or 'not kept'})")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except (OSError, urllib.error.URLError):
+            pass
+        if time.monotonic() > deadline:
+            stop_mlflow_server(proc)
+            raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def stop_mlflow_server(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """Stop a server from ``start_mlflow_server``: its whole process group, by its id."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)     # workers that outlived the parent
+    proc.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts_dir: str | os.PathLike,
+                  **kwargs: Any) -> Iterator[str]:
+    """``with mlflow_server(uri, folder) as url:`` a local server for the block."""
+    proc, url = start_mlflow_server(backend_uri, artifacts_dir, **kwargs)
+    try:
+        yield url
+    finally:
+        stop_mlflow_server(proc)
