@@ -45,19 +45,19 @@ def resolve_device(name: str) -> torch.device:
 def lr_factor(train_cfg, epoch0: int, step: int, steps_per_epoch: int) -> float:
     """Learning-rate multiplier at iteration ``step`` of 0-based epoch ``epoch0``.
 
-    ``step``: decay by ``gamma`` at each milestone epoch, like the reference (its epoch
-    150 is the 151st); ``cosine``: per iteration to 0 at the end; ``constant``. A linear
-    warm-up over ``warmup_epochs`` comes first for all three.
+    Both schedules change the rate once per epoch, as the reference codebases do:
+    ``step`` decays by ``gamma`` at each milestone (the reference's epoch 150 is the
+    151st); ``cosine`` is ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch;
+    ``constant``. A linear warm-up over the first ``warmup_epochs`` (per iteration)
+    comes first, and cosine then anneals over the epochs after it.
     """
-    t = epoch0 * steps_per_epoch + step
-    warm = train_cfg.warmup_epochs * steps_per_epoch
-    if t < warm:
-        return (t + 1) / warm
+    warm = train_cfg.warmup_epochs
+    if epoch0 < warm:
+        return (epoch0 * steps_per_epoch + step + 1) / (warm * steps_per_epoch)
     if train_cfg.schedule == "step":
         return train_cfg.gamma ** sum(1 for m in train_cfg.milestones if epoch0 >= m)
     if train_cfg.schedule == "cosine":
-        total = max(train_cfg.epochs * steps_per_epoch - warm, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * (t - warm) / total))
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch0 - warm) / max(train_cfg.epochs - warm, 1)))
     return 1.0
 
 
