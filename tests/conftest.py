@@ -25,25 +25,22 @@ def shared_dir() -> pathlib.Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def cifar_npz(shared_dir) -> pathlib.Path:
-    path = shared_dir / "datasets" / "cifar10_subset.npz"
-    if not path.is_file():
+def _need(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture(scope="session")
+def cifar_npz(shared_dir) -> pathlib.Path:
+    return _need(shared_dir / "datasets" / "cifar10_subset.npz")
 
 
 @pytest.fixture(scope="session")
 def mnist_npz(shared_dir) -> pathlib.Path:
-    path = shared_dir / "datasets" / "mnist_subset.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
+    return _need(shared_dir / "datasets" / "mnist_subset.npz")
 
 
 @pytest.fixture(scope="session")
 def apot_ckpt_dir(shared_dir) -> pathlib.Path:
-    path = shared_dir / "checkpoints" / "apot_cifar10_resnet20"
-    if not path.is_dir():
-        pytest.skip(f"{path} not found")
-    return path
+    return _need(shared_dir / "checkpoints" / "apot_cifar10_resnet20")
