@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Run a search-space file: ``python run_sweep.py search_spaces/smoke.yaml [--set k=v ...]``.
+
+See ``python run_sweep.py --help`` and sweep_interface.md ("Commands"); the work is in
+``sweep.runner``.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sweep.runner import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

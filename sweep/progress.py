@@ -1,0 +1,74 @@
+"""The live table a sweep prints instead of Ray's output: one line per trial status
+change or epoch result.
+
+    trial        quant.w_bits  train.lr  status    epoch  val_acc  best
+    8e1c2_00000  2             0.05      RUNNING       -        -     -
+    8e1c2_00000  2             0.05      RUNNING       1    23.44  23.44
+    8e1c2_00000  2             0.05      STOPPED       2    20.31  23.44  (ASHA)
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import TextIO
+
+__all__ = ["ProgressTable", "fmt"]
+
+
+def fmt(value, width: int = 0) -> str:
+    """A compact cell: floats with 4 significant digits (2 decimals for percentages)."""
+    if value is None:
+        text = "-"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        if math.isnan(value):
+            text = "nan"
+        elif value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            text = f"{value:.3g}"
+        elif abs(value) >= 1:
+            text = f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:g}"
+        else:
+            text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple, dict)):
+        text = str(value).replace(" ", "")
+    else:
+        text = str(value)
+    return text.rjust(width) if width else text
+
+
+class ProgressTable:
+    """Prints rows to ``out``; ``params`` are the searched dotted keys shown as columns."""
+
+    def __init__(self, metric: str, mode: str, params: list[str], out: TextIO | None = None):
+        self.metric, self.mode, self.params = metric, mode, list(params)
+        self.out = out or sys.stdout
+        self.best: dict[str, float] = {}
+        self.widths = [11] + [max(len(p), 6) for p in self.params] + [9, 5, max(len(metric), 7), 7]
+        self.header_done = False
+
+    def _emit(self, cells: list[str], note: str = "") -> None:
+        if not self.header_done:
+            self.header_done = True
+            self._emit(["trial", *self.params, "status", "epoch", self.metric, "best"])
+        parts = [cells[0].ljust(self.widths[0])]
+        parts += [c.ljust(w) for c, w in zip(cells[1:1 + len(self.params)], self.widths[1:])]
+        status, rest = cells[1 + len(self.params)], cells[2 + len(self.params):]
+        parts.append(status.ljust(self.widths[1 + len(self.params)]))
+        parts += [c.rjust(w) for c, w in zip(rest, self.widths[2 + len(self.params):])]
+        line = "  ".join(parts).rstrip() + (f"  {note}" if note else "")
+        print(line, file=self.out, flush=True)
+
+    def _best(self, trial_id: str, value) -> float | None:
+        if value is None or not isinstance(value, (int, float)) or math.isnan(value):
+            return self.best.get(trial_id)
+        old = self.best.get(trial_id)
+        if old is None or (value > old if self.mode == "max" else value < old):
+            self.best[trial_id] = float(value)
+        return self.best[trial_id]
+
+    def row(self, trial_id: str, values: dict, status: str, epoch=None, metric=None,
+            note: str = "") -> None:
+        best = self._best(trial_id, metric)
+        self._emit([trial_id, *(fmt(values.get(p)) for p in self.params), status,
+                    fmt(epoch), fmt(metric), fmt(best)], note)

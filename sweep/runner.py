@@ -1,0 +1,328 @@
+"""``python run_sweep.py FILE.yaml``: validate, then run every stage as one Ray Tune
+sweep, recording in MLflow (sweep_interface.md, "Commands").
+
+Order of work, so that a bad input costs nothing: parse and validate the file and the
+overrides (exit 2, before Ray or MLflow is imported), ``--dry-run`` stops there; refuse
+existing results without ``--resume``/``--restart``; load the datasets (exit 2 on a
+DataError); start Ray and check that the trials fit on the cluster (exit 2); only then
+create the sweep folder and the MLflow store, and run the stages.
+
+Files (``--storage`` moves the first; ``--mlflow-uri`` the second):
+
+    ./sweeps/<name>/sweep.json      finished stages, their trials and best trial (resume)
+    ./sweeps/<name>/tracking.json   trial -> MLflow run map (SweepRecorder state)
+    ./sweeps/<name>/<stage>/<trial_id>/checkpoint_*/model.pt   Ray's results
+    ./sweeps/<name>/driver.log      Ray's and MLflow's own log lines
+    ./sweeps/mlflow.db, ./sweeps/mlartifacts/<name>/   the MLflow store
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+
+from sweep.config import ConfigError, Experiment, load_experiment, resolve_trial
+from sweep.plan import StagePlan, concrete_candidates, plan_stage
+from sweep.space import is_uri
+from sweep.trainable import data_key
+
+__all__ = ["main", "build_parser"]
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_sweep.py", description=(
+        "Run a search-space file as Ray Tune sweeps, one per stage, recorded in MLflow."))
+    p.add_argument("file", help="the experiment's YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any dotted key (repeatable), e.g. --set train.lr=0.01")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the stages, trials and resources; start nothing")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep of the same name")
+    again.add_argument("--restart", action="store_true",
+                       help="discard the name's results (folder; MLflow runs are deleted, "
+                            "recoverable with `mlflow runs restore`) and start again")
+    p.add_argument("--stages", metavar="NAME[,NAME]",
+                   help="run only these stages (e.g. skip fp32 with --stages w2a2 "
+                        "--set train.init=PATH)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--storage", help="where results go (default ./sweeps; a shared path or "
+                                     "s3://, gs:// when trials run on several machines)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
+    return p
+
+
+# ---------------------------------------------------------------- paths
+
+class Paths:
+    """Where everything of a sweep goes, absolute."""
+
+    def __init__(self, exp: Experiment, args, cwd: str):
+        storage = args.storage or os.path.join(cwd, "sweeps")
+        self.remote = is_uri(storage) and "://" in storage and not storage.startswith("file://")
+        if not self.remote:
+            storage = os.path.abspath(os.path.join(cwd, os.path.expanduser(
+                storage[len("file://"):] if storage.startswith("file://") else storage)))
+        self.storage = storage
+        self.sweep = f"{storage.rstrip('/')}/{exp.name}" if self.remote else os.path.join(storage, exp.name)
+        # sweep.json, tracking.json and the log stay local when results go to a URI
+        self.state = self.sweep if not self.remote else os.path.join(cwd, "sweeps", exp.name)
+        uri = args.mlflow_uri or exp.tracking.mlflow_uri
+        if uri is None:
+            if self.remote:
+                raise ConfigError("--storage", None, f"{storage} is a URI, so the default SQLite "
+                                  "MLflow store cannot live there; pass --mlflow-uri (a tracking "
+                                  "server, or sqlite:///path/mlflow.db)")
+            uri = "sqlite:///" + os.path.join(storage, "mlflow.db")
+        elif not is_uri(uri):
+            path = os.path.abspath(os.path.join(cwd, os.path.expanduser(uri)))
+            uri = "sqlite:///" + (path if path.endswith(".db") else os.path.join(path, "mlflow.db"))
+        self.mlflow = uri
+
+    def stage(self, name: str) -> str:
+        return f"{self.sweep}/{name}" if self.remote else os.path.join(self.sweep, name)
+
+    def has_results(self) -> bool:
+        return os.path.isdir(self.state) and any(os.scandir(self.state))
+
+
+def _select(exp: Experiment, text: str | None) -> list:
+    if not text:
+        return list(exp.stages)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = [s.name for s in exp.stages]
+    for n in names:
+        if n not in known:
+            raise ConfigError("--stages", n, f"no such stage; stages: {', '.join(known)}")
+    return [s for s in exp.stages if s.name in names]
+
+
+def _check_sources(plans: list[StagePlan], resuming: bool) -> None:
+    """A stage started from a stage that --stages leaves out needs that stage's results
+    (only a resumed sweep has them) or a checkpoint."""
+    names = {p.name for p in plans}
+    for plan in plans:
+        source = plan.init.get("best_of") if isinstance(plan.init, dict) else None
+        if source and source not in names and not resuming:
+            raise ConfigError("--stages", plan.name, (
+                f"starts from the best trial of stage {source} (train.init: {{best_of: {source}}}), "
+                f"which --stages leaves out; add it, or start from a checkpoint: "
+                f"--set train.init=PATH (or runs:/<run_id>, models:/<name>@<alias>)"))
+
+
+# ---------------------------------------------------------------- dry run
+
+def print_dry_run(exp: Experiment, plans: list[StagePlan], paths: Paths) -> None:
+    print(f"experiment {exp.name} ({exp.file})")
+    print(f"  results: {paths.sweep}")
+    print(f"  MLflow:  {paths.mlflow}")
+    for plan in plans:
+        print("\n".join(plan.describe()))
+    print(f"{sum(p.num_trials() for p in plans)} trial(s) in {len(plans)} stage(s); nothing was started")
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cwd = os.getcwd()
+    try:
+        exp = load_experiment(args.file, args.set, cwd=cwd)
+        paths = Paths(exp, args, cwd)
+        selected = _select(exp, args.stages)
+        plans = [plan_stage(exp, s.name) for s in selected]
+        _check_sources(plans, resuming=args.resume)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    if args.dry_run:
+        print_dry_run(exp, plans, paths)
+        return EXIT_OK
+    if paths.has_results() and not (args.resume or args.restart):
+        print(f"{args.file}: name: results of experiment {exp.name!r} already exist in "
+              f"{paths.state}; continue them with --resume, discard them with --restart, or "
+              f"choose another name (--set name=...)", file=sys.stderr)
+        return EXIT_USAGE
+    bundles = _load_datasets(plans)
+    if isinstance(bundles, str):
+        print(f"{args.file}: {bundles}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run(exp, plans, paths, args, bundles)
+
+
+def _load_datasets(plans: list[StagePlan]):
+    """``{data_key: DataBundle}`` of every dataset the stages can use (listed where the
+    data.* distributions are finite), loaded in the driver before Ray starts; a string
+    (the error) when one cannot be loaded."""
+    from sweep.data import DataError, load_data
+    configs = {}
+    for plan in plans:
+        for arm_tree in plan.arm_trees:
+            trees = concrete_candidates(arm_tree, "data")
+            if trees is None:             # continuous data.* values: trials load their own
+                trees = concrete_candidates(arm_tree, None)
+            for tree in trees:
+                cfg = resolve_trial(tree)
+                configs.setdefault(data_key(cfg.data), cfg.data)
+    out = {}
+    for key, data_cfg in configs.items():
+        try:
+            out[key] = load_data(data_cfg)
+        except DataError as exc:
+            return f"data.dataset: {data_cfg.dataset}: {exc}"
+    return out
+
+
+def _start_ray(args):
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")          # no Ray progress output
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"            # Ctrl-C ends the driver: resume
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")     # experiment state, for resume
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray snapshots the experiment at every checkpoint when num_to_keep is set (what a
+    # resume wants); its warning about that frequency is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    held = _hold_logs()                                        # after ray's own setup
+    common = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
+    if args.address:
+        ray.init(address=args.address, runtime_env={"working_dir": str(REPO), "excludes": [
+            ".venv/", ".git/", "sweeps/", "data/", "*.pt", "*.npz"]}, **common)
+    else:
+        # A cluster of our own, in our own temp folder: never one a killed driver left
+        # behind (those exit with it), nor another user's.
+        os.environ.pop("RAY_ADDRESS", None)
+        temp = os.path.join(tempfile.gettempdir(), f"ray-sweep-{os.getuid()}")
+        ray.init(address="local", num_cpus=os.cpu_count(), _temp_dir=temp,
+                 _node_ip_address="127.0.0.1", **common)
+    logging.getLogger("ray").addHandler(held)                      # ray.init drops it
+    return ray, held
+
+
+def _check_resources(ray, plans) -> str | None:
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+    for plan in plans:
+        r = plan.resources
+        where = f"stage {plan.name}: " if len(plans) > 1 else ""
+        if r.gpus_per_trial > gpus:
+            return (f"{where}resources.gpus_per_trial={r.gpus_per_trial:g} but the Ray cluster has "
+                    f"{gpus:g} GPU(s); run on the CPU with --set resources.gpus_per_trial=0")
+        if r.cpus_per_trial > cpus:
+            return (f"{where}resources.cpus_per_trial={r.cpus_per_trial:g} but the Ray cluster has "
+                    f"{cpus:g} CPU(s); use --set resources.cpus_per_trial={max(int(cpus), 1)}")
+    return None
+
+
+_QUIET = ("ray", "ray._private", "mlflow", "alembic", "py.warnings", "sweep", "optuna")
+
+
+def _hold_logs() -> logging.handlers.MemoryHandler:
+    """Keep the log lines of Ray, MLflow and warnings off the terminal (the table is
+    the output); they are written to driver.log once the sweep folder exists."""
+    held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 10)
+    logging.captureWarnings(True)
+    for name in _QUIET:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.addHandler(held)
+        lg.propagate = False
+        if name in ("sweep", "py.warnings", "mlflow"):
+            lg.setLevel(logging.INFO)
+    return held
+
+
+def _log_to_file(held: logging.handlers.MemoryHandler, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    held.setTarget(handler)
+    held.flush()
+    for name in _QUIET:
+        lg = logging.getLogger(name)
+        lg.removeHandler(held)
+        for h in list(lg.handlers):     # Ray re-adds its own on init
+            lg.removeHandler(h)
+        lg.addHandler(handler)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run(exp, plans, paths: Paths, args, bundles) -> int:
+    ray, held = _start_ray(args)
+    recorder = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        problem = _check_resources(ray, plans)
+        if problem:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        from sweep import tracking
+        if args.restart:
+            _discard(paths, exp.name)
+        _log_to_file(held, os.path.join(paths.state, "driver.log"))
+        tracking.prepare_store(paths.mlflow)
+        recorder = tracking.SweepRecorder(paths.mlflow, exp.name, os.path.join(paths.state, "tracking.json"))
+        from sweep.driver import run_stages
+        return run_stages(exp, plans, paths, args, recorder, bundles)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the sweep is saved: continue it with\n  python run_sweep.py "
+              f"{shlex.quote(args.file)} {' '.join('--set ' + shlex.quote(s) for s in args.set)}"
+              f"{' ' if args.set else ''}--resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ConnectionError as exc:
+        print(f"{args.file}: tracking.mlflow_uri: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if recorder is not None:
+            recorder.close("KILLED")
+        ray.shutdown()
+
+
+def _discard(paths: Paths, name: str) -> None:
+    """--restart: remove the sweep's folders and soft-delete its MLflow runs."""
+    for folder in {paths.state, paths.sweep}:
+        if not is_uri(folder) and os.path.isdir(folder):
+            shutil.rmtree(folder)
+    if paths.remote:
+        import pyarrow.fs
+        fs, path = pyarrow.fs.FileSystem.from_uri(paths.sweep)
+        try:
+            fs.delete_dir(path)
+        except (OSError, FileNotFoundError):
+            pass
+    from sweep import tracking
+    from mlflow import MlflowClient
+    tracking.prepare_store(paths.mlflow)
+    client = MlflowClient(tracking_uri=paths.mlflow, registry_uri=paths.mlflow)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return
+    token, n = None, 0
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            client.delete_run(run.info.run_id)
+            n += 1
+        token = page.token
+        if not token:
+            break
+    if n:
+        print(f"--restart: deleted the {n} earlier MLflow run(s) of {name} "
+              "(recoverable with `mlflow runs restore --run-id ...` until `mlflow gc`)")
