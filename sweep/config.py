@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import functools
 import itertools
 import math
 import os
@@ -309,6 +310,7 @@ def _build_trial(v: dict) -> TrialConfig:
                 synthetic=SyntheticConfig(**sec("data.synthetic")))
     quant = sec("quant")
     quant["act_scheme"] = _check_quant(quant)
+    _check_layer_globs(v["model.arch"], quant["layers"])
     quant["layers"] = tuple(LayerOverride(p, **e) for p, e in quant["layers"].items())
     train = sec("train")
     train["milestones"] = tuple(train["milestones"])
@@ -348,6 +350,25 @@ def _check_quant(q: dict) -> str:
         raise ConfigError(None, "quant.z", f"z={z:g} belongs to scheme 'ngrid' only (quant.scheme is "
                           f"{scheme!r}); remove quant.z, or set quant.scheme: ngrid")
     return act
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_names(arch: str) -> tuple:
+    """The quantizable layer names of an architecture (built once, float, on the CPU)."""
+    import models
+    import quant
+    return tuple(quant.quantized_layer_names(models.get_entry(arch).fn()))
+
+
+def _check_layer_globs(arch: str, layers: dict) -> None:
+    if not layers:
+        return
+    names = _layer_names(arch)
+    for pattern in layers:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(None, f"quant.layers.{pattern}",
+                              f"matches no quantizable layer of {arch}; its layers are named like "
+                              f"{', '.join(names[:2])}, {names[-1]}")
 
 
 # ---------------------------------------------------------------- trees and arms

@@ -340,3 +340,13 @@ def test_imports_without_ray_or_mlflow():
 def test_resolve_trial_with_cwd(tmp_path):
     cfg = resolve_trial({"data": {"dataset": "npz", "path": "d.npz"}}, cwd=str(tmp_path))
     assert cfg.data.path == str(tmp_path / "d.npz") and cfg.data.root == str(tmp_path / "data")
+
+
+def test_layer_glob_matching_no_layer_is_refused_at_load(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\nmodel: {arch: resnet20}\n"
+                    "quant: {w_bits: 4, a_bits: 4, layers: {'layer4.*': {w_bits: 2}}}\n")
+    with pytest.raises(ConfigError, match=r"quant.layers.layer4.\*: matches no quantizable layer of "
+                                          r"resnet20; its layers are named like layer1.0.conv1") as e:
+        load_experiment(path)
+    assert e.value.key == "quant.layers.layer4.*"
