@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mlflow import MlflowClient                      # noqa: E402
 from mlflow.entities import Metric                   # noqa: E402
 
-from sweep import tracking                           # noqa: E402
+from sweep import mlflow_server, tracking                        # noqa: E402
 
 TRAIN_METRICS = [
     "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         sqlite_uri = tracking.default_tracking_uri(work / "sqlite")
         tracking.prepare_store(sqlite_uri)
         start = time.perf_counter()
-        proc, url = tracking.start_mlflow_server(
+        proc, url = mlflow_server.start_mlflow_server(
             tracking.default_tracking_uri(work / "server"), work / "server" / "artifacts",
             log_path=work / "server.log")
         print(f"mlflow server {url} healthy after {time.perf_counter() - start:.1f} s")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             results["server"] = bench_backend(url, work, "server", names, args.epochs,
                                               args.warmup)
         finally:
-            tracking.stop_mlflow_server(proc)
+            mlflow_server.stop_mlflow_server(proc)
         results["sqlite"] = bench_backend(sqlite_uri, work, "sqlite", names, args.epochs,
                                           args.warmup)
 

@@ -17,7 +17,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from sweep import tracking
+from sweep import init_uri, tracking
 from sweep.bits import checkpoint_bits_label
 from sweep.config import InitFrom, get_dotted, resolve_trial, set_dotted
 from sweep.plan import StagePlan, concrete_candidates, optuna_space, ray_space
@@ -61,7 +61,7 @@ def _init_files(plans, recorder, cache: str) -> dict:
                     values.add(v)
     out = {}
     for text in sorted(values):
-        path, lineage = tracking.resolve_init(text, recorder.client, cache)
+        path, lineage = init_uri.resolve_init(text, recorder.client, cache)
         try:
             label = checkpoint_bits_label(path)
         except Exception:               # noqa: BLE001 - the trial reports an unreadable file

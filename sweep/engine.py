@@ -118,8 +118,17 @@ class Trainer:
             raise ValueError("train.init {best_of: ...} names a stage of a sweep; run it with "
                              "run_sweep.py, or give a checkpoint path")
         if str(init).startswith(("runs:/", "models:/")):
-            from sweep.tracking import resolve_init  # needs MLflow; only for these forms
-            init, lineage = resolve_init(str(init), None, None)
+            # needs MLflow, so imported only for these forms; the store is the one sweeps
+            # run from this directory write to, unless MLFLOW_TRACKING_URI names another
+            import os
+            from sweep.init_uri import resolve_init
+            from sweep.tracking import default_tracking_uri
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path("sweeps").resolve())
+            try:
+                init, _ = resolve_init(str(init), uri, None)
+            except Exception as exc:  # MLflow's own errors: an unknown run, model or alias
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"train.init {init}: not found in MLflow store {uri} ({first})") from None
         ckpt = read_checkpoint(init)
         info = load_weights(self.model, ckpt["state_dict"], init)
         info["path"] = str(init)

@@ -5,6 +5,8 @@
 Writes ``best.pt`` and ``last.pt`` into ``./sweeps/<name>/train-<timestamp>/`` (or
 ``--out``) and prints per-epoch progress. A file whose values are search distributions
 is refused: pick values with ``--set`` or run the search with ``run_sweep.py``.
+``train.init: runs:/...`` or ``models:/...`` is looked up in the default store of sweeps
+run from this directory (``./sweeps/mlflow.db``) or in ``$MLFLOW_TRACKING_URI``.
 Exit status: 0 trained; 1 training failed (a NaN or infinite loss, an error); 2 the file,
 an override, the data or the initial checkpoint is invalid.
 """
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
         search = exp.stage_search(stage)
         from sweep.engine import Trainer
         trainer = Trainer(cfg, metric=search.metric, mode=search.mode)
-    except (ConfigError, DataError, CheckpointError, QuantConfigError, ValueError) as exc:
+    except (ConfigError, DataError, CheckpointError, QuantConfigError, ValueError,
+            FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from sweep.tracking import start_mlflow_server, stop_mlflow_server
+from sweep.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.sweep.test_sweep import runs, steps, sweep, write
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from sweep import tracking
+from sweep import init_uri, mlflow_server, tracking
 from sweep.tracking import SweepRecorder
 
 ALPHA_LAYERS = ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.downsample.0"]
@@ -66,7 +66,7 @@ def test_uris_and_links(tmp_path):
     assert tracking.registered_model_name("ngrid_z", "resnet20") == "ngrid_z-resnet20"
     assert tracking.stage_alias("w4a4") == "w4a4-best"
     with pytest.raises(ConnectionError, match="does not answer"):
-        tracking.prepare_store(f"http://127.0.0.1:{tracking.free_port()}", timeout_s=2)
+        tracking.prepare_store(f"http://127.0.0.1:{mlflow_server.free_port()}", timeout_s=2)
 
 
 def test_flatten_params_sanitizes_keys_and_values():
@@ -252,7 +252,7 @@ def test_register_best_and_resolve_init(recorder, tmp_path, monkeypatch):
     for uri in (f"models:/{name}@fp32-best", f"models:/{name}/{version.version}",
                 f"runs:/{run_a}", f"runs:/{run_a}/checkpoint",
                 f"runs:/{run_a}/checkpoint/model.pt"):
-        local, lineage = tracking.resolve_init(uri, client, cache)
+        local, lineage = init_uri.resolve_init(uri, client, cache)
         assert os.path.isabs(local) and open(local, "rb").read() == payload["a"], uri
         assert lineage == {"lineage.init_run_id": run_a, "lineage.init_checkpoint": uri}
 
@@ -260,24 +260,24 @@ def test_register_best_and_resolve_init(recorder, tmp_path, monkeypatch):
     run_b = recorder.run_id("b")
     version_b = recorder.register_best("fp32", run_b, name)
     assert int(version_b.version) == int(version.version) + 1
-    local, lineage = tracking.resolve_init(f"models:/{name}@fp32-best", recorder.uri, cache)
+    local, lineage = init_uri.resolve_init(f"models:/{name}@fp32-best", recorder.uri, cache)
     assert open(local, "rb").read() == payload["b"] and lineage["lineage.init_run_id"] == run_b
 
-    local, lineage = tracking.resolve_init(ckpt, None)
+    local, lineage = init_uri.resolve_init(ckpt, None)
     assert local == str(ckpt / "model.pt") and lineage == {"lineage.init_checkpoint": local}
     with pytest.raises(FileNotFoundError, match="no file at"):
-        tracking.resolve_init(tmp_path / "missing.pt")
+        init_uri.resolve_init(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="names no registered model version"):
-        tracking.resolve_init(f"models:/{name}@w2a2-best", client, cache)
+        init_uri.resolve_init(f"models:/{name}@w2a2-best", client, cache)
     with pytest.raises(FileNotFoundError, match="no artifact"):
-        tracking.resolve_init(f"runs:/{run_a}/nope.pt", client, cache)
+        init_uri.resolve_init(f"runs:/{run_a}/nope.pt", client, cache)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.slow
 def test_recorder_through_a_local_server(tmp_path):
     backend = tracking.default_tracking_uri(tmp_path / "server")
-    proc, url = tracking.start_mlflow_server(backend, tmp_path / "server" / "artifacts",
+    proc, url = mlflow_server.start_mlflow_server(backend, tmp_path / "server" / "artifacts",
                                              log_path=tmp_path / "server.log")
     try:
         assert url.startswith("http://127.0.0.1:")
@@ -304,13 +304,13 @@ def test_recorder_through_a_local_server(tmp_path):
         assert [m.step for m in client.get_metric_history(run_id, "alpha/act/layer1.0.conv1")] \
             == [1, 2]
         assert run.info.status == "FINISHED" and run.data.tags["sweep.stopped_early"] == "true"
-        local, lineage = tracking.resolve_init("models:/served-resnet20@fp32-best", client,
+        local, lineage = init_uri.resolve_init("models:/served-resnet20@fp32-best", client,
                                                tmp_path / "cache")
         assert open(local, "rb").read() == b"served weights"
         assert lineage["lineage.init_run_id"] == run_id
         assert runs(client, rec.experiment_id, "attributes.status = 'RUNNING'") == []
         assert list((tmp_path / "server" / "artifacts").rglob("model.pt"))
     finally:
-        tracking.stop_mlflow_server(proc)
+        mlflow_server.stop_mlflow_server(proc)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
