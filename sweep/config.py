@@ -4,7 +4,7 @@ Precedence, lowest first: the defaults below, the YAML file, the stage's ``set``
 command line's ``--set key=value``. Dotted keys (``quant.w_bits``) are the public
 names: the same in the file, in ``--set``, in ``search.variants`` and as MLflow
 parameters. Any leaf of ``data``/``model``/``quant``/``train`` may be a distribution
-(``sweep.space``).
+(``sweep.keys``, ``sweep.space``).
 
     exp = load_experiment("search_spaces/x.yaml", ["train.lr=0.01"])
     for stage in exp.stages:
@@ -28,9 +28,9 @@ import re
 import yaml
 
 from quant.levels import QuantConfigError, check_act, check_weight, default_act_scheme
-from sweep.space import (FIELDS, STAGE_TOPS, TOP_SECTIONS, TRIAL_SECTIONS, Grid,
-                         Invalid, check_leaf, check_name, find_distributions, has_distributions,
-                         is_uri, join_key, leaves)
+from sweep.keys import (FIELDS, STAGE_TOPS, TOP_SECTIONS, TRIAL_SECTIONS, Invalid, check_leaf,
+                        check_name, is_uri, join_key, leaves)
+from sweep.space import Grid, find_distributions, has_distributions
 
 __all__ = [
     "ConfigError", "Experiment", "Stage", "TrialConfig", "DataConfig", "SyntheticConfig",
@@ -217,7 +217,7 @@ assert set(FIELDS) == {n for name, cls in [("data", DataConfig), ("model", Model
                                            ("quant", QuantConfig), ("train", TrainConfig),
                                            ("search", SearchConfig), ("resources", ResourcesConfig),
                                            ("tracking", TrackingConfig)]
-                       for n in _schema_names(cls, name)}, "sweep.space.FIELDS and the dataclasses differ"
+                       for n in _schema_names(cls, name)}, "sweep.keys.FIELDS and the dataclasses differ"
 
 
 # ---------------------------------------------------------------- dotted keys

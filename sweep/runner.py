@@ -30,7 +30,7 @@ import tempfile
 
 from sweep.config import ConfigError, Experiment, load_experiment, resolve_trial
 from sweep.plan import StagePlan, concrete_candidates, plan_stage
-from sweep.space import is_uri
+from sweep.keys import is_uri
 from sweep.trainable import data_key
 
 __all__ = ["main", "build_parser"]
