@@ -113,3 +113,12 @@ def test_mnist_w2a2_from_scratch_learns_digits(mnist_npz):
 
 
 MNIST_TARGET = 95.0
+
+
+@pytest.mark.slow
+def test_whole_model_compile_trains_like_eager():
+    """train.compile: the same training, fused (numerics close to eager, not bit-equal)."""
+    eager = _metrics(Trainer(_tiny(epochs=1)))
+    compiled = _metrics(Trainer(_tiny(epochs=1, compile=True)))
+    assert compiled[0]["train_loss"] == pytest.approx(eager[0]["train_loss"], rel=0.05)
+    assert set(compiled[0]) == set(eager[0])
