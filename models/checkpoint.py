@@ -129,7 +129,9 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
                              text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        if out.returncode != 0:
+            return None
+        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -168,6 +170,14 @@ def save_checkpoint(path, model: nn.Module, *, model_cfg: dict, quant_cfg: dict,
     return path
 
 
+def model_kwargs(ckpt: dict, **overrides) -> dict:
+    """``build_model`` keywords (``arch`` included) of a project checkpoint, overrides on top."""
+    kwargs = {**ckpt["model"], **ckpt["quant"], **overrides}
+    if isinstance(kwargs.get("layers"), list):  # stored as [[glob, {...}], ...] to keep the order
+        kwargs["layers"] = dict(kwargs["layers"])
+    return kwargs
+
+
 def build_from_checkpoint(path, **overrides) -> tuple[nn.Module, dict]:
     """The model a project checkpoint describes, with its weights loaded."""
     from .registry import build_model
@@ -176,9 +186,7 @@ def build_from_checkpoint(path, **overrides) -> tuple[nn.Module, dict]:
     if not is_project_checkpoint(ckpt):
         raise CheckpointError(path, "is a reference checkpoint and does not say which model it "
                                     "holds; give --arch, --w-bits, --a-bits and --scheme (and --z)")
-    kwargs = {**ckpt["model"], **ckpt["quant"], **overrides}
-    if isinstance(kwargs.get("layers"), list):
-        kwargs["layers"] = dict(kwargs["layers"])
-    model = build_model(**kwargs)
+    kwargs = model_kwargs(ckpt, **overrides)
+    model = build_model(kwargs.pop("arch"), **kwargs)
     load_weights(model, ckpt["state_dict"], path)
     return model, ckpt

@@ -40,11 +40,11 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 
 
 class WeightQuantize(torch.autograd.Function):
+    """``w_hat = (w - mean) / std`` with ``mean``, ``std`` constants, then the quantizer."""
+
     @staticmethod
-    def forward(ctx, w, alpha, thr, lv):
+    def forward(ctx, w, alpha, thr, lv, mean, std):
         w32 = _f32(w.detach())
-        mean = w32.mean()
-        std = w32.std()
         flat, unflatten = _flatten(w32)
         alpha32 = _f32(alpha.detach())
         y = kernels.run("weight_fwd", flat, mean, std, alpha32, thr, lv)
@@ -58,7 +58,7 @@ class WeightQuantize(torch.autograd.Function):
         flat, unflatten = _flatten(w32)
         g, _ = _flatten(_same_layout(_f32(grad_out), w32))
         grad_w, grad_alpha = kernels.run("weight_bwd", g, flat, mean, std, alpha32, thr, lv)
-        return unflatten(grad_w).to(ctx.in_dtype), grad_alpha.reshape(()), None, None
+        return unflatten(grad_w).to(ctx.in_dtype), grad_alpha.reshape(()), None, None, None, None
 
 
 class ActQuantize(torch.autograd.Function):
@@ -91,7 +91,8 @@ def _same_layout(g: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def weight_quantize(w: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
                     lv: torch.Tensor) -> torch.Tensor:
     """Quantize a raw weight tensor (normalised inside) with clipping threshold ``alpha``."""
-    return WeightQuantize.apply(w, alpha, thr, lv)
+    w32 = _f32(w.detach())
+    return WeightQuantize.apply(w, alpha, thr, lv, w32.mean(), w32.std())
 
 
 def act_quantize(a: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
@@ -102,30 +103,10 @@ def act_quantize(a: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
 
 def normalised_weight_quantize(w_hat: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
                                lv: torch.Tensor) -> torch.Tensor:
-    """The weight quantizer on an already normalised weight (mean 0, std 1 constants).
-
-    Used to check the quantizer against vectors whose input is the normalised weight.
-    """
+    """The weight quantizer on an already normalised weight (mean 0 and std 1 as constants,
+    which leave it unchanged): to check it against vectors whose input is ``w_hat``."""
     zero = torch.zeros((), dtype=torch.float32, device=w_hat.device)
-    one = torch.ones((), dtype=torch.float32, device=w_hat.device)
-    return _NormalisedWeightQuantize.apply(w_hat, alpha, thr, lv, zero, one)
-
-
-class _NormalisedWeightQuantize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w_hat, alpha, thr, lv, zero, one):
-        flat, unflatten = _flatten(_f32(w_hat.detach()))
-        alpha32 = _f32(alpha.detach())
-        ctx.save_for_backward(flat, alpha32, thr, lv, zero, one)
-        ctx.shape = w_hat.shape
-        return unflatten(kernels.run("weight_fwd", flat, zero, one, alpha32, thr, lv))
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        flat, alpha32, thr, lv, zero, one = ctx.saved_tensors
-        g, _ = _flatten(_f32(grad_out).contiguous())
-        grad_w, grad_alpha = kernels.run("weight_bwd", g, flat, zero, one, alpha32, thr, lv)
-        return grad_w.view(ctx.shape), grad_alpha.reshape(()), None, None, None, None
+    return WeightQuantize.apply(w_hat, alpha, thr, lv, zero, torch.ones_like(zero))
 
 
 def fixed_point_weight(w: torch.Tensor, bits: int = 8) -> torch.Tensor:

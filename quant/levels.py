@@ -66,8 +66,6 @@ def check_weight(bits: int, scheme: str, z: float | None = None) -> None:
     elif z is not None:
         raise QuantConfigError(
             f"z={z!r} belongs to scheme 'ngrid' only; remove quant.z or set quant.scheme: ngrid")
-    if scheme == "pot" and bits == 2:
-        return  # falls back to uniform, as in the reference
 
 
 def check_z(z) -> float:

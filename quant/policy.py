@@ -120,14 +120,22 @@ def quantized_layer_names(model: nn.Module) -> list[str]:
             if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in edge]
 
 
+def check_layer_globs(names, globs, arch: str = "this model") -> None:
+    """Raise QuantConfigError for the first glob of ``quant.layers`` matching none of ``names``."""
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in names):
+            raise QuantConfigError(f"matches no quantizable layer of {arch}; its layers are named "
+                                   f"like {', '.join(names[:2])}, {names[-1]}", glob)
+
+
 def quantize_model(model: nn.Module, policy: QuantPolicy) -> nn.Module:
     """Swap the float conv/linear layers of ``model`` for quantized ones, in place."""
     first, last = getattr(model, "first_layer", None), getattr(model, "last_layer", None)
-    for glob, _ in policy.layers:
-        if not any(fnmatch.fnmatchcase(n, glob) for n in quantized_layer_names(model)):
-            raise QuantConfigError(
-                f"quant.layers pattern {glob!r} matches no quantizable layer of this model; "
-                f"layers are named like {', '.join(quantized_layer_names(model)[:3])}")
+    try:
+        check_layer_globs(quantized_layer_names(model), [g for g, _ in policy.layers],
+                          getattr(model, "arch", type(model).__name__))
+    except QuantConfigError as exc:
+        raise QuantConfigError(f"quant.layers pattern {exc.args[1]!r} {exc.args[0]}") from None
     for name, module in list(model.named_modules()):
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or isinstance(module, (QuantConv2d, QuantLinear)):
             continue

@@ -28,6 +28,7 @@ import re
 import yaml
 
 from quant.levels import QuantConfigError, check_act, check_weight, default_act_scheme
+from quant.policy import check_layer_globs, quantized_layer_names
 from sweep.keys import (FIELDS, STAGE_TOPS, TOP_SECTIONS, TRIAL_SECTIONS, Invalid, check_leaf,
                         check_name, is_uri, join_key, leaves)
 from sweep.space import Grid, find_distributions, has_distributions
@@ -356,19 +357,15 @@ def _check_quant(q: dict) -> str:
 def _layer_names(arch: str) -> tuple:
     """The quantizable layer names of an architecture (built once, float, on the CPU)."""
     import models
-    import quant
-    return tuple(quant.quantized_layer_names(models.get_entry(arch).fn()))
+    return tuple(quantized_layer_names(models.get_entry(arch).fn()))
 
 
 def _check_layer_globs(arch: str, layers: dict) -> None:
-    if not layers:
-        return
-    names = _layer_names(arch)
-    for pattern in layers:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise ConfigError(None, f"quant.layers.{pattern}",
-                              f"matches no quantizable layer of {arch}; its layers are named like "
-                              f"{', '.join(names[:2])}, {names[-1]}")
+    if layers:
+        try:
+            check_layer_globs(_layer_names(arch), list(layers), arch)
+        except QuantConfigError as exc:
+            raise ConfigError(None, f"quant.layers.{exc.args[1]}", exc.args[0]) from None
 
 
 # ---------------------------------------------------------------- trees and arms

@@ -90,6 +90,7 @@ class Trainer:
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         act, wgt, rest = quant.alpha_parameters(self.model)
+        self.alphas = act + wgt          # kept >= train.alpha_floor after every step
         groups = [{"params": rest, "lr": t.lr, "weight_decay": t.weight_decay}]
         if act:
             groups.append({"params": act, "lr": t.alpha_lr_act, "weight_decay": t.alpha_weight_decay})
@@ -106,6 +107,7 @@ class Trainer:
         self.test_loader = None if self.data.test is None else BatchLoader(
             self.data.test, 512, self.device, self.data.mean, self.data.std, **loader_kw)
         self.forward = torch.compile(self.model) if t.compile else self.model
+        self.provenance = provenance()      # git commit and versions, for every checkpoint
         self.epoch = 0                      # epochs completed
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -151,16 +153,19 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        lr0 = self._set_lr(epoch - 1, 0)
+        lr0 = None
         for step, (x, y) in enumerate(self.train_loader.epoch(epoch - 1)):
-            self._set_lr(epoch - 1, step)
+            lr = self._set_lr(epoch - 1, step)
+            lr0 = lr if lr0 is None else lr0
             with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
                 out = self.forward(x)
             loss = F.cross_entropy(out.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            quant.clamp_alphas_(self.model, floor)
+            if self.alphas:
+                with torch.no_grad():
+                    torch._foreach_clamp_min_(self.alphas, floor)
             loss_sum += loss.detach() * y.numel()
             correct += (out.detach().argmax(1) == y).sum()
             seen += y.numel()
@@ -235,7 +240,7 @@ class Trainer:
         return save_checkpoint(path, self.model, model_cfg=self.model_cfg, quant_cfg=self.quant_cfg,
                                data_cfg=data_cfg, config=self.cfg.to_dict(), epoch=self.epoch,
                                metrics=metrics if metrics is not None else (self.history[-1] if self.history else {}),
-                               prov=_PROVENANCE.setdefault("p", provenance()), extra=extra)
+                               prov=self.provenance, extra=extra)
 
     def load_state(self, path) -> None:
         """Continue from a checkpoint written by ``save`` (weights, optimiser, epoch, best)."""
@@ -248,5 +253,3 @@ class Trainer:
         self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
 
-
-_PROVENANCE: dict = {}

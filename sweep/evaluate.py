@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 import models
 import quant
-from models.checkpoint import CheckpointError, is_project_checkpoint, load_weights, read_checkpoint
+from models.checkpoint import (CheckpointError, is_project_checkpoint, load_weights, model_kwargs,
+                               read_checkpoint)
 from sweep.augment import BatchLoader
 from sweep.data import DataError, load_data
 
@@ -30,9 +31,8 @@ def evaluate_model(model: torch.nn.Module, loader: BatchLoader, autocast_dtype=N
     was_training = model.training
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
-    device_type = loader.device.type if hasattr(loader, "device") else "cpu"
     for x, y in loader.epoch(0):
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(loader.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model(x)
         loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
         correct += int((out.argmax(1) == y).sum())
@@ -74,7 +74,7 @@ def _model_kwargs(args, ckpt: dict, bundle) -> dict:
              "num_classes": args.num_classes}
     given = {k: v for k, v in given.items() if v is not None}
     if is_project_checkpoint(ckpt):
-        kw = {**ckpt["model"], **ckpt["quant"], **given}
+        kw = model_kwargs(ckpt, **given)
     else:
         need = [f"--{k.replace('_', '-')}" for k in ("arch", "w_bits", "a_bits", "scheme") if k not in given]
         if need:
@@ -83,8 +83,6 @@ def _model_kwargs(args, ckpt: dict, bundle) -> dict:
         kw = dict(given)
     kw.setdefault("num_classes", bundle.num_classes)
     kw.setdefault("in_channels", bundle.in_channels)
-    if isinstance(kw.get("layers"), list):
-        kw["layers"] = dict(kw["layers"])
     return kw
 
 
