@@ -361,3 +361,12 @@ def test_cuda_batches_equal_cpu_batches(bundle):
 
 def test_registry_names():
     assert set(DATASETS) == {"cifar10", "cifar100", "mnist", "npz", "synthetic", "imagefolder"}
+
+
+def test_npz_augmentation_defaults_follow_the_images(cifar_npz, mnist_npz):
+    colour = load_data({"dataset": "npz", "path": str(cifar_npz)})
+    assert (colour.crop_pad, colour.flip) == (4, True)          # CIFAR's recipe
+    grey = load_data({"dataset": "npz", "path": str(mnist_npz)})
+    assert (grey.crop_pad, grey.flip) == (0, False)             # MNIST's
+    overridden = load_data({"dataset": "npz", "path": str(cifar_npz), "crop_pad": 0, "flip": False})
+    assert (overridden.crop_pad, overridden.flip) == (0, False)
