@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 
+from mlflow.exceptions import MlflowException
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -248,8 +249,9 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
     state.save()
     try:
         init_files = _init_files(plans, recorder, os.path.join(paths.state, "cache"))
-    except (OSError, ValueError) as exc:
-        print(f"{args.file}: train.init: {exc}", file=sys.stderr)
+    except (OSError, ValueError, MlflowException) as exc:   # a missing file, run, model or alias
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{args.file}: train.init: {first}", file=sys.stderr)
         return 2
     refs = {key: ray.put(bundle.to_arrays()) for key, bundle in bundles.items()}
     skipped = []

@@ -159,7 +159,13 @@ def main(argv=None) -> int:
     if isinstance(bundles, str):
         print(f"{args.file}: {bundles}", file=sys.stderr)
         return EXIT_USAGE
-    return _run(exp, plans, paths, args, bundles)
+    fresh = not paths.has_results()
+    code = _run(exp, plans, paths, args, bundles)
+    if code == EXIT_USAGE and fresh:
+        # refused at start (resources, tracking server, init checkpoint): nothing ran, so
+        # leave no folder that would make the corrected command say "results exist"
+        shutil.rmtree(paths.state, ignore_errors=True)
+    return code
 
 
 def _load_datasets(plans: list[StagePlan]):

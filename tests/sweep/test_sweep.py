@@ -212,3 +212,26 @@ def test_gpus_on_a_cpu_cluster_exit_2_saying_how_to_run_on_cpu(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--set resources.gpus_per_trial=0" in proc.stderr
     assert not (tmp_path / "sweeps").exists()
+
+
+ONE_STAGE = """
+name: badinit
+data:
+  dataset: synthetic
+  synthetic: {train_size: 64, test_size: 32, image_size: 16}
+model: {arch: resnet20}
+train: {epochs: 1, batch_size: 32, lr: 0.05, device: cpu}
+resources: {cpus_per_trial: 1}
+"""
+
+
+def test_refused_at_start_leaves_no_results_behind(tmp_path):
+    """An unknown MLflow run as train.init is found only once the sweep starts: exit 2,
+    and the corrected command is not told that results already exist."""
+    write(tmp_path, ONE_STAGE)
+    proc = sweep(tmp_path, "s.yaml", "--set", "train.init=runs:/0123456789abcdef")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "train.init" in proc.stderr and "0123456789abcdef" in proc.stderr
+    assert not (tmp_path / "sweeps" / "badinit").exists()
+    proc = sweep(tmp_path, "s.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
