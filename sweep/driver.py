@@ -20,10 +20,10 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from sweep import init_uri, tracking
 from sweep.bits import checkpoint_bits_label
-from sweep.config import InitFrom, get_dotted, resolve_trial, set_dotted
+from sweep.config import get_dotted, resolve_trial, set_dotted
 from sweep.plan import StagePlan, concrete_candidates, optuna_space, ray_space
 from sweep.progress import fmt
-from sweep.space import Distribution, to_plain
+from sweep.space import Distribution, has_distributions, to_plain
 from sweep.stage import StageRun, SweepCallback, SweepState, register
 from sweep.trainable import pick_init, train_trial
 
@@ -109,23 +109,15 @@ def _blocked(plan: StagePlan, state: SweepState) -> str | None:
         return f"stage {source} has no finished trial to start from"
     candidates = _init_candidates(plan, state)
     for i, tree in enumerate(plan.arm_trees):
-        if any(isinstance(v, Distribution) for sec in ("model", "data") for v in _leaves(tree[sec])):
+        if any(has_distributions(tree[sec]) for sec in ("model", "data")):
             continue                    # checked per trial by the trainable
         cfg = resolve_trial(concrete_candidates(tree, None)[0])
-        if pick_init(cfg, InitFrom(source, tuple(init.get("match") or ())), candidates,
+        if pick_init(cfg, cfg.train.init, candidates,
                      plan.search.mode) is None:
             arm = f"arm {i}: " if len(plan.arm_trees) > 1 else ""
             return (f"{arm}no finished trial of stage {source} has the same model.* and data.*"
                     + (f" and {', '.join(init['match'])}" if init.get("match") else ""))
     return None
-
-
-def _leaves(node):
-    if isinstance(node, dict):
-        for v in node.values():
-            yield from _leaves(v)
-    else:
-        yield node
 
 
 # ---------------------------------------------------------------- one stage
@@ -166,7 +158,7 @@ def _tuner(plan: StagePlan, trainable, meta: dict, paths, key: str):
 
 def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_files) -> None:
     s, r = plan.search, plan.resources
-    meta = {"stage": plan.name, "metric": s.metric, "mode": s.mode, "cpus": r.cpus_per_trial,
+    meta = {"stage": plan.name, "metric": s.metric, "mode": s.mode,
             "init_candidates": _init_candidates(plan, state), "init_files": init_files}
     trainable = tune.with_resources(tune.with_parameters(train_trial, data_refs=refs),
                                     {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})

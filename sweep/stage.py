@@ -33,8 +33,8 @@ _LIVE: dict[str, "StageRun"] = {}
 
 
 class SweepState:
-    """``sweep.json``: per stage its status (running | finished | skipped), its trial
-    summaries and its best trial; rewritten atomically after every change."""
+    """``sweep.json``: per stage its status (running | finished), its trial summaries and
+    its best trial; each ``save()`` rewrites it atomically (a temporary file, then a rename)."""
 
     def __init__(self, path: str):
         self.path = path

@@ -2,7 +2,7 @@
 
 ``config["tree"]`` is the trial's concrete ``{data, model, quant, train}`` tree (see
 ``sweep.plan``); ``config["_sweep"]`` holds what the driver settled for the stage:
-``stage``, ``metric``, ``mode``, ``cpus`` (threads), ``init_candidates`` (the finished
+``stage``, ``metric``, ``mode``, ``init_candidates`` (the finished
 trials of earlier stages, for ``train.init: {best_of: ...}``) and ``init_files``
 (``runs:/``, ``models:/`` and path sources already resolved to local files). The
 datasets come as object-store references (``data_refs``, put once by the driver and
@@ -114,7 +114,9 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
 
     meta = config["_sweep"]
     metric, mode = meta["metric"], meta["mode"]
-    torch.set_num_threads(max(1, int(meta.get("cpus", 1))))
+    # the CPUs Ray gave this trial (resources may change on --resume), at least one thread
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     cfg = resolve_trial(config["tree"])
     init_path, _, problem = init_source(cfg, meta)
     if problem:
