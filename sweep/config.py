@@ -11,7 +11,8 @@ parameters. Any leaf of ``data``/``model``/``quant``/``train`` may be a distribu
         spaces = exp.trial_spaces(stage.name)   # one tree per arm, with distributions
     cfg = resolve_trial(concrete_tree)          # in the trainable: a TrialConfig
 
-Only PyYAML is needed (and ``models.list_models`` to check ``model.arch``).
+Needs PyYAML and torch (``quant`` checks the bits and layer globs, ``models`` the
+architecture names); no Ray or MLflow.
 Every error is a ConfigError naming the file, the key path and what is wrong.
 """
 from __future__ import annotations

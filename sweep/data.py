@@ -299,7 +299,7 @@ def _load_npz(cfg) -> _Raw:
 def _load_synthetic(cfg) -> _Raw:
     """Class templates (coarse random blocks) plus noise: learnable, deterministic, any size."""
     s = _get(cfg, "synthetic", {})
-    n_train, n_test = int(_get(s, "train_size", 512)), int(_get(s, "test_size", 256))
+    n_train, n_test = int(_get(s, "train_size", 2048)), int(_get(s, "test_size", 512))  # keys.py's
     size, channels = int(_get(s, "image_size", 32)), int(_get(s, "channels", 3))
     num_classes, seed = int(_get(s, "num_classes", 10)), int(_get(s, "seed", 0))
     x_train, y_train, x_test, y_test = synthetic_images(n_train, n_test, size, channels,

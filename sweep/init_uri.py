@@ -76,13 +76,8 @@ def _model_version(client: MlflowClient, uri: str) -> ModelVersion:
         name, _, version = spec.rpartition("/")
         if not name:
             raise ValueError(f"{uri!r}: write models:/<name>@<alias> or models:/<name>/<version>")
-        if version == "latest":
-            versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise ValueError(f"{uri!r}: registered model {name!r} has no versions")
-            return max(versions, key=lambda v: int(v.version))
         if not version.isdigit():
-            raise ValueError(f"{uri!r}: version {version!r} is not a number (or 'latest')")
+            raise ValueError(f"{uri!r}: version {version!r} is not a number")
         return client.get_model_version(name, version)
     except MlflowException as exc:
         # a missing alias is INVALID_PARAMETER_VALUE, a missing model or version

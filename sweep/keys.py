@@ -332,8 +332,8 @@ FIELDS: dict[str, Field] = {
     "train.milestones": Field([150, 225], _milestones),      # epochs, for schedule: step
     "train.gamma": _float(0.1, 0, lo_open=True),            # lr factor at each milestone
     "train.warmup_epochs": _int(0, 0),
-    "train.alpha_lr_act": _float(0.1, 0),                   # lr multiplier of activation alphas
-    "train.alpha_lr_weight": _float(0.02, 0),               # lr multiplier of weight alphas
+    "train.alpha_lr_act": _float(0.1, 0),                   # absolute lr of activation alphas (reference 0.1)
+    "train.alpha_lr_weight": _float(0.02, 0),               # absolute lr of weight alphas (reference 0.02)
     "train.alpha_weight_decay": _float(1e-4, 0),
     "train.alpha_floor": _float(1e-3, 0),                   # thresholds kept >= this
     "train.seed": _int(0, 0),

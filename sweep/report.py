@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Any, Iterable
 
+from sweep.tracking import default_tracking_uri
 from sweep.compare import Comparison, Published, compare, load_published
 from sweep.results import (ACC_KEY, ExperimentResults, ReportError, Row, Stat, Trial,
                            group_rows, norm_name as _norm, sqlite_file)
@@ -75,7 +76,7 @@ def scheme_label(row: Row) -> str:
     scheme, act = row.scheme, row.get("quant.act_scheme")
     if row.full_precision:
         return DASH
-    default = "apot" if scheme == "ngrid" else scheme
+    default = "apot" if scheme == "ngrid" else scheme   # without importing quant (torch)
     return f"{scheme} (act {act})" if act and act != default else str(scheme)
 
 
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    uri = args.mlflow_uri or "sqlite:///" + os.path.join(os.getcwd(), "sweeps", "mlflow.db")
+    uri = args.mlflow_uri or default_tracking_uri(os.path.join(os.getcwd(), "sweeps"))
     db = sqlite_file(uri)
     if db is not None and not os.path.isfile(db):
         raise ReportError(f"no MLflow store at {db}: run the sweep from this directory "

@@ -13,7 +13,7 @@ Epoch choice: a trial's chosen epoch is the best epoch of the stage's search met
 part of the training set when ``data.val_fraction > 0`` and on the test set otherwise, so
 each trial also records which split its ``val_acc`` is.
 
-    reader = ExperimentResults.load(uri, "ngrid_z")     # LookupError: no such experiment
+    reader = ExperimentResults.load(MlflowClient(uri), "ngrid_z")   # LookupError: no such experiment
     rows = group_rows(reader.trials)                      # finished trials, aggregated
 """
 from __future__ import annotations

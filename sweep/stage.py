@@ -24,7 +24,7 @@ from sweep.config import resolve_trial
 from sweep.plan import StagePlan, searched_values
 from sweep.progress import ProgressTable
 from sweep.trainable import BITS_FILE, CHECKPOINT_FILE, METRIC_KEYS, init_source
-from sweep.tracking import SweepRecorder
+from sweep.tracking import ALPHAS_ARTIFACT, SweepRecorder
 
 __all__ = ["SweepState", "StageRun", "SweepCallback", "register"]
 
@@ -167,7 +167,7 @@ class StageRun:
                 self._warn(f"trial {trial_id}: storing its checkpoint in MLflow failed", exc)
         alphas = self.alphas.get(trial_id) or {k[len("alpha/"):]: v for k, v in last.items()
                                                if k.startswith("alpha/")}
-        self.recorder.log_json(trial_id, "alphas.json", alphas)   # {} for a float model
+        self.recorder.log_json(trial_id, ALPHAS_ARTIFACT, alphas)   # {} for a float model
         text = error or last.get("error")
         self.recorder.finish_trial(trial_id, status, error=text, stopped_early=stopped, failure=failure)
         metric = self.plan.search.metric

@@ -589,7 +589,7 @@ class SweepRecorder:
         If the alias already names that source, that version is returned as it is."""
         alias = alias or stage_alias(stage_name)
         client = self.client
-        folder, base = posixpath.split(artifact_path.rstrip("/"))
+        folder = posixpath.dirname(artifact_path.rstrip("/"))
         if not any(f.path.rstrip("/") == artifact_path.rstrip("/")
                    for f in client.list_artifacts(run_id, folder or None)):
             raise FileNotFoundError(f"run {run_id} has no artifact {artifact_path!r}; "

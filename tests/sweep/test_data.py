@@ -370,3 +370,8 @@ def test_npz_augmentation_defaults_follow_the_images(cifar_npz, mnist_npz):
     assert (grey.crop_pad, grey.flip) == (0, False)             # MNIST's
     overridden = load_data({"dataset": "npz", "path": str(cifar_npz), "crop_pad": 0, "flip": False})
     assert (overridden.crop_pad, overridden.flip) == (0, False)
+
+
+def test_dataset_registry_and_config_agree():
+    from sweep import keys
+    assert set(DATASETS) == set(keys.DATASETS)
