@@ -33,6 +33,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="train.compile: the whole model through torch.compile")
     args = p.parse_args(argv)
     data_cfg = ({"dataset": "npz", "path": args.npz} if args.npz else
                 {"dataset": "synthetic", "crop_pad": 4, "flip": True,
@@ -44,13 +45,14 @@ def main(argv=None):
                              "quant": {"w_bits": bits, "a_bits": bits, "scheme": "apot"},
                              "train": {"epochs": args.epochs + 1, "batch_size": args.batch_size,
                                        "lr": 0.05, "device": args.device, "precision": args.precision,
-                                       "channels_last": args.channels_last}})
+                                       "channels_last": args.channels_last, "compile": args.compile}})
         trainers[name] = Trainer(cfg, data=data, log=lambda s: None)
     dev = trainers["fp32"].device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     print(f"ResNet-20, {len(data.train)} training images, batch {args.batch_size}, device {dev}"
           f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}, "
-          f"{args.precision}{', channels-last' if args.channels_last else ''}, torch {torch.__version__}")
+          f"{args.precision}{', channels-last' if args.channels_last else ''}"
+          f"{', whole-model compile' if args.compile else ''}, torch {torch.__version__}")
     times = {name: [] for name in trainers}
     for epoch in range(1, args.epochs + 2):
         for name, tr in trainers.items():
@@ -59,6 +61,7 @@ def main(argv=None):
             m = tr.train_epoch(epoch)
             sync()
             times[name].append(time.perf_counter() - t0)
+            print(f"  epoch {epoch} {name}: {times[name][-1]:.2f} s", flush=True)
             if epoch == args.epochs + 1:
                 print(f"  {name}: last epoch train loss {m['train_loss']:.3f}, acc {m['train_acc']:.1f} %")
     print(f"\n{'config':8s} {'first epoch s':>14s} {'median epoch s':>15s} {'images/s':>10s} {'x fp32':>7s}")

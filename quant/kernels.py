@@ -121,7 +121,13 @@ def _get(name: str):
 
 
 def run(name: str, *args):
-    """Run kernel ``name`` on flat tensors; falls back to eager if compilation fails."""
+    """Run kernel ``name`` on flat tensors; falls back to eager if compilation fails.
+
+    Inside a region that torch.compile is tracing (``train.compile``), the where-chain
+    is traced inline, so the quantizer fuses with its neighbours in the model's graph.
+    """
+    if torch.compiler.is_compiling():
+        return _CHAIN[name](*args)
     if mode() == "compiled":
         try:
             return _get(name)(*args)

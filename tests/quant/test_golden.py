@@ -1,6 +1,7 @@
 """Every golden case of ../shared/golden/quantizer_vectors.npz, in both kernel modes.
 
-Comparison rule (../shared/README.md): outputs equal element for element except at most
+On the CPU always, and on a CUDA device where there is one. Comparison rule
+(../shared/README.md): outputs equal element for element except at most
 1 in 10,000 one level away (ties); input gradients exactly equal; alpha gradients to a
 relative 1e-4.
 """
@@ -27,6 +28,14 @@ def _cases():
     return cases
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Where the quantizers run: the CPU always, a CUDA device when there is one."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    return torch.device(request.param)
+
+
 @pytest.fixture(params=["compiled", "eager"])
 def kernel_mode(request):
     before = kernels.mode()
@@ -36,7 +45,7 @@ def kernel_mode(request):
 
 
 def _assert_outputs(y, ref, levels, alpha):
-    y, ref = y.detach().numpy(), ref
+    y = y.detach().cpu().numpy()
     diff = y != ref
     n_diff = int(diff.sum())
     assert n_diff <= max(1, ref.size // 10000), f"{n_diff} of {ref.size} outputs differ"
@@ -46,44 +55,46 @@ def _assert_outputs(y, ref, levels, alpha):
 
 
 @pytest.mark.parametrize("kind,scheme,tag", _cases(), ids=lambda v: str(v))
-def test_golden_case(shared_dir, kernel_mode, kind, scheme, tag):
+def test_golden_case(shared_dir, device, kernel_mode, kind, scheme, tag):
     g = _golden(shared_dir)
     key = f"{kind}/{scheme}/{tag}"
     field = lambda name: g[f"{key}/{name}"]
-    alpha = torch.tensor(float(field("alpha")), requires_grad=True)
+    on = lambda a: torch.from_numpy(a).to(device)
+    alpha = torch.tensor(float(field("alpha")), device=device, requires_grad=True)
     if kind == "weight":
         bits = int(tag[1])
         z = float(tag.split("_z")[1]) if scheme == "ngrid" else None
         ls = weight_levels(bits, scheme, z)
-        x = torch.tensor(field("w_norm"), requires_grad=True)
-        y = normalised_weight_quantize(x, alpha, torch.from_numpy(ls.thresholds), torch.from_numpy(ls.levels))
+        x = torch.tensor(field("w_norm"), device=device, requires_grad=True)
+        y = normalised_weight_quantize(x, alpha, on(ls.thresholds), on(ls.levels))
         grad_name = "grad_w_norm"
     else:
         ls = act_levels(int(tag[1:]), scheme)
-        x = torch.tensor(field("x"), requires_grad=True)
-        y = act_quantize(x, alpha, torch.from_numpy(ls.thresholds), torch.from_numpy(ls.levels))
+        x = torch.tensor(field("x"), device=device, requires_grad=True)
+        y = act_quantize(x, alpha, on(ls.thresholds), on(ls.levels))
         grad_name = "grad_x"
     np.testing.assert_array_equal(np.sort(field("levels").astype(np.float32)), ls.levels)
     _assert_outputs(y, field("y"), ls.levels, float(field("alpha")))
-    y.backward(torch.from_numpy(field("grad_out")))
-    np.testing.assert_array_equal(x.grad.numpy(), field(grad_name))
+    y.backward(on(field("grad_out")))
+    np.testing.assert_array_equal(x.grad.cpu().numpy(), field(grad_name))
     np.testing.assert_allclose(float(alpha.grad), float(field("grad_alpha")), rtol=1e-4)
 
 
 @pytest.mark.parametrize("scheme,tag", [("apot", "w4"), ("uniform", "w3"), ("ngrid", "w2_z2")])
-def test_weight_normalisation_matches_reference(shared_dir, kernel_mode, scheme, tag):
+def test_weight_normalisation_matches_reference(shared_dir, device, kernel_mode, scheme, tag):
     """From the raw weight: mean/std normalisation (constants) then the quantizer."""
     g = _golden(shared_dir)
     key = f"weight/{scheme}/{tag}"
     bits = int(tag[1])
     z = float(tag.split("_z")[1]) if scheme == "ngrid" else None
     ls = weight_levels(bits, scheme, z)
-    w = torch.tensor(g[f"{key}/w_raw"], requires_grad=True)
-    alpha = torch.tensor(float(g[f"{key}/alpha"]), requires_grad=True)
-    y = weight_quantize(w, alpha, torch.from_numpy(ls.thresholds), torch.from_numpy(ls.levels))
+    on = lambda a: torch.from_numpy(a).to(device)
+    w = torch.tensor(g[f"{key}/w_raw"], device=device, requires_grad=True)
+    alpha = torch.tensor(float(g[f"{key}/alpha"]), device=device, requires_grad=True)
+    y = weight_quantize(w, alpha, on(ls.thresholds), on(ls.levels))
     _assert_outputs(y, g[f"{key}/y"], ls.levels, float(g[f"{key}/alpha"]))
-    y.backward(torch.from_numpy(g[f"{key}/grad_out"]))
+    y.backward(on(g[f"{key}/grad_out"]))
     # d/dw = g / std (the reference differentiates through the division by a constant std)
-    expected = torch.from_numpy(g[f"{key}/grad_w_norm"]) / w.detach().std()
-    np.testing.assert_allclose(w.grad.numpy(), expected.numpy(), rtol=1e-6)
+    expected = torch.from_numpy(g[f"{key}/grad_w_norm"]) / w.detach().cpu().std()
+    np.testing.assert_allclose(w.grad.cpu().numpy(), expected.numpy(), rtol=1e-6)
     np.testing.assert_allclose(float(alpha.grad), float(g[f"{key}/grad_alpha"]), rtol=1e-4)

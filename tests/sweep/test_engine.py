@@ -92,13 +92,58 @@ def test_fp32_to_w4a4_fine_tune_reaches_88_percent_on_real_cifar(cifar_npz, apot
     assert correct[-1] >= 0.88 * 846
 
 
+def test_training_steps_equal_the_reference_code_on_mnist(mnist_npz):
+    """From the same initial weights and batches, the engine's W2A2 training steps give the
+    reference codebase's outputs bit for bit (tests/reference_apot.py: its quantized layers,
+    optimiser groups and absolute alpha learning rates). Only the float32 summation order
+    of the alpha gradients differs; measured, the two stay bit-equal for 27 steps (seed 0)."""
+    import torch.nn.functional as F
+    from tests.reference_apot import reference_model, reference_optimizer, state_dict_from_project
+    tree = {"data": {"dataset": "npz", "path": str(mnist_npz)}, "model": {"arch": "resnet20"},
+            "quant": {"w_bits": 2, "a_bits": 2, "scheme": "apot"},
+            "train": {"epochs": 4, "lr": 0.05, "batch_size": 128, "schedule": "cosine", "seed": 0}}
+    tr = Trainer(resolve_trial(tree), log=lambda s: None)
+    ref = reference_model(0, 2, in_channels=1)
+    ref.load_state_dict(state_dict_from_project(tr.model))
+    opt = reference_optimizer(ref, lr=0.05)
+    tr.model.train()
+    ref.train()
+    for step, (x, y) in enumerate(tr.train_loader.epoch(0)):
+        if step == 10:
+            break
+        tr._set_lr(0, step)
+        out = tr.model(x)
+        loss = F.cross_entropy(out, y)
+        tr.optimizer.zero_grad()
+        loss.backward()
+        out_ref = ref(x)
+        loss_ref = F.cross_entropy(out_ref, y)
+        opt.zero_grad()
+        loss_ref.backward()
+        assert torch.equal(out, out_ref), f"step {step}: outputs differ"
+        if step == 0:
+            ours = dict(tr.model.named_parameters())
+            for name, p in ref.named_parameters():
+                g = ours[name.replace(".act_alpha", ".act_quant.act_alpha")].grad
+                if name.endswith("alpha"):
+                    torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-9, msg=name)
+                else:
+                    torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-8, msg=name)
+        tr.optimizer.step()
+        opt.step()
+    assert step == 10
+
+
 @pytest.mark.slow
 def test_mnist_w2a2_from_scratch_learns_digits(mnist_npz):
     """W2A2 ResNet-20 from scratch, 4 epochs, cosine from 0.05, on real MNIST digits.
 
-    The reference quantizer went 8495 -> 9417 -> 9526 -> 9643 of 10,000. This engine
-    reached 95.46 / 95.71 / 96.00 % with seeds 0 / 1 / 2 (and 95.65 % with all learning
-    rates at 0.05): the check asserts real learning at 95 %, not the reference's 96.4 %.
+    The issue's reference run went 8495 -> 9417 -> 9526 -> 9643 of 10,000: one draw from
+    a wide distribution. ``bench/accuracy_mnist.py`` measured, on an H100, seeds 0-9 of
+    this engine at 95.94 +- 0.62 % (5 of 10 at 96 % or more; seed 0: 96.08 %) and the
+    reference code (tests/reference_apot.py) at 96.19 +- 0.49 % (6 of 9); on this CPU
+    seed 0 gives 95.46 %. The check asserts real learning at 95 %, not one lucky draw;
+    ``test_training_steps_equal_the_reference_code_on_mnist`` checks the equivalence.
     """
     tree = {"data": {"dataset": "npz", "path": str(mnist_npz)},
             "model": {"arch": "resnet20"},
