@@ -4,7 +4,11 @@ Each configuration trains ``--epochs`` epochs (the first includes kernel compila
 is reported apart); epochs alternate between configurations so load changes hit both.
 
     python bench/bench_epoch.py --npz ../shared/datasets/cifar10_subset.npz      # CPU, real images
-    python bench/bench_epoch.py --synthetic 50000 --device cuda --precision bf16 --channels-last
+    python bench/bench_epoch.py --synthetic 50000 --device cuda --epochs 1                 # eager
+    python bench/bench_epoch.py --synthetic 50000 --device cuda --compile --epochs 2       # train.compile
+    python bench/bench_epoch.py --synthetic 50000 --device cuda --compile --precision bf16 --channels-last
+
+Without ``--compile`` the model runs eagerly on every device (``train.compile: false``).
 """
 from __future__ import annotations
 

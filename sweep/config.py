@@ -161,7 +161,7 @@ class TrainConfig(_Section):
     device: str
     precision: str
     channels_last: bool
-    compile: bool
+    compile: bool | str       # true, false or 'auto' (on for CUDA)
 
 
 @dataclasses.dataclass(frozen=True)

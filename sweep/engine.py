@@ -106,7 +106,8 @@ class Trainer:
         self.val_loader = BatchLoader(self.data.val, 512, self.device, self.data.mean, self.data.std, **loader_kw)
         self.test_loader = None if self.data.test is None else BatchLoader(
             self.data.test, 512, self.device, self.data.mean, self.data.std, **loader_kw)
-        self.forward = self._compiled() if t.compile else self.model
+        self.compiled = t.compile is True or (t.compile == "auto" and self.device.type == "cuda")
+        self.forward = self._compiled() if self.compiled else self.model
         self.provenance = provenance()      # git commit and versions, for every checkpoint
         self.epoch = 0                      # epochs completed
         self.history: list[dict] = []

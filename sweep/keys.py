@@ -110,6 +110,12 @@ def _bool(default, null=False):
     return Field(default, check, "any", null)
 
 
+def _bool_or_auto(v, cwd):
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise Invalid(f"expected true, false or auto, got {v!r}")
+
+
 def _path(v, cwd):
     if isinstance(v, os.PathLike):
         v = os.fspath(v)
@@ -342,7 +348,7 @@ FIELDS: dict[str, Field] = {
     "train.device": Field("auto", _device),
     "train.precision": _enum("fp32", ("fp32", "bf16"), what="precision"),
     "train.channels_last": _bool(False),
-    "train.compile": _bool(False),
+    "train.compile": Field("auto", _bool_or_auto, "any"),   # auto: on for CUDA, off on the CPU
     "search.algorithm": _enum("grid", ("grid", "random", "optuna"), what="algorithm"),
     "search.num_samples": _int(1, 1),
     "search.seed": _int(0, 0),

@@ -252,6 +252,7 @@ ERRORS = [
     ({"train": "{init: missing.pt}"}, "missing.pt does not exist", "train.init"),
     ({"train": "{init: {best_of: fp32}}"}, "not a stage of this file", "train.init"),
     ({"train": "{device: gpu}"}, "expected auto, cpu, cuda or cuda:N", "train.device"),
+    ({"train": "{compile: yes please}"}, "expected true, false or auto", "train.compile"),
     ({"search": "{scheduler: {type: asha, reduction_factor: 1}}"}, "must be > 1", "search.scheduler.reduction_factor"),
     ({"search": "{scheduler: {type: fifo, grace_period: 3}}"}, "only type: asha", "search.scheduler.grace_period"),
 ]
