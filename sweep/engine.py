@@ -108,6 +108,9 @@ class Trainer:
             self.data.test, 512, self.device, self.data.mean, self.data.std, **loader_kw)
         self.compiled = t.compile is True or (t.compile == "auto" and self.device.type == "cuda")
         self.forward = self._compiled() if self.compiled else self.model
+        if self.compiled:
+            self.log(f"train.compile: {str(t.compile).lower()} on {self.device.type}; the first epoch includes a "
+                     "one-time compilation (a minute or two; train.compile: false skips it)")
         self.provenance = provenance()      # git commit and versions, for every checkpoint
         self.epoch = 0                      # epochs completed
         self.history: list[dict] = []
