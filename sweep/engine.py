@@ -117,9 +117,10 @@ class Trainer:
         self.best: dict | None = None
 
     def _compiled(self):
-        """The whole model through ``torch.compile`` (quantizers traced inline and fused with
-        their neighbours); on CUDA also replayed as CUDA graphs, since a ResNet-20 step is
-        otherwise bound by kernel launches, not arithmetic."""
+        """The whole model through ``torch.compile`` for the training steps (quantizers traced
+        inline and fused with their neighbours); on CUDA also replayed as CUDA graphs, since
+        a ResNet-20 step is otherwise bound by kernel launches, not arithmetic. Evaluation
+        stays eager: one pass an epoch, and no second set of graphs to compile."""
         if self.device.type == "cuda":
             return torch.compile(self.model, mode="reduce-overhead")
         return torch.compile(self.model)
@@ -189,10 +190,10 @@ class Trainer:
 
     def evaluate(self) -> dict:
         out = {}
-        v = evaluate_model(self.forward, self.val_loader, self.autocast)
+        v = evaluate_model(self.model, self.val_loader, self.autocast)
         out.update(val_loss=v["loss"], val_acc=v["accuracy"])
         if self.test_loader is not None:
-            s = evaluate_model(self.forward, self.test_loader, self.autocast)
+            s = evaluate_model(self.model, self.test_loader, self.autocast)
             out.update(test_loss=s["loss"], test_acc=s["accuracy"])
         return out
 
