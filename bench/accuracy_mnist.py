@@ -7,7 +7,7 @@ lr 0.05, clipping thresholds at the reference's absolute learning rates (activat
 
 Two implementations run it, seed by seed, in one process:
 
-  engine      ``sweep.engine.Trainer`` (fused quantizer kernels, the project's data path)
+  engine      ``sweep.train.engine.Trainer`` (fused quantizer kernels, the project's data path)
   reference   the reference codebase's CIFAR quantized layers as it writes them
               (``tests/reference_apot.py``), its per-parameter optimiser groups and
               ``CosineAnnealingLR`` stepped per epoch, over plain shuffled batches
@@ -38,8 +38,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sweep.config import resolve_trial  # noqa: E402
-from sweep.data import load_data  # noqa: E402
-from sweep.engine import Trainer  # noqa: E402
+from sweep.train.data import load_data  # noqa: E402
+from sweep.train.engine import Trainer  # noqa: E402
 from tests.reference_apot import (reference_model, reference_optimizer,  # noqa: E402
                                   state_dict_from_project)
 

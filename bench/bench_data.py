@@ -4,7 +4,7 @@ Pipelines, each over the same training images with random crop (pad 4), flip and
 normalisation, batch 128:
 
   torchvision  per-sample PIL transforms in a DataLoader (workers, persistent)
-  ours/cpu     sweep.augment.BatchLoader on the CPU
+  ours/cpu     sweep.train.loader.BatchLoader on the CPU
   ours/<dev>   the same on --device (default: cuda when available)
 
 Epochs are interleaved (one of each, round after round) so that load from other users
@@ -30,8 +30,8 @@ import torch
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sweep.augment import BatchLoader  # noqa: E402
-from sweep.data import load_data  # noqa: E402
+from sweep.train.loader import BatchLoader  # noqa: E402
+from sweep.train.data import load_data  # noqa: E402
 
 
 class UInt8Images(torch.utils.data.Dataset):

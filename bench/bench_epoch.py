@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from sweep.config import resolve_trial  # noqa: E402
-from sweep.data import load_data  # noqa: E402
-from sweep.engine import Trainer  # noqa: E402
+from sweep.train.data import load_data  # noqa: E402
+from sweep.train.engine import Trainer  # noqa: E402
 
 
 def main(argv=None):

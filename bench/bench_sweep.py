@@ -52,8 +52,8 @@ def single_trial(path: pathlib.Path, cwd: str, cpus: float) -> tuple[float, floa
     """(wall s of one trial in-process: data + model + training, training s alone)."""
     import torch
     from sweep.config import load_experiment
-    from sweep.engine import Trainer
-    from sweep.plan import plan_stage
+    from sweep.train.engine import Trainer
+    from sweep.tune.plan import plan_stage
     from sweep.config import resolve_trial
 
     torch.set_num_threads(max(1, int(cpus)))

@@ -24,7 +24,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mlflow import MlflowClient                      # noqa: E402
 from mlflow.entities import Metric                   # noqa: E402
 
-from sweep import mlflow_server, tracking                        # noqa: E402
+from sweep.track import store                        # noqa: E402
+from sweep.track.recorder import SweepRecorder       # noqa: E402
+from tests.support import mlflow_server                        # noqa: E402
 
 TRAIN_METRICS = [
     "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
@@ -65,7 +67,7 @@ def bench_backend(uri: str, workdir: pathlib.Path, label: str, names: list[str],
                                    if not uri.startswith("http") else None)
     batch_run = client.create_run(exp, run_name="log_batch").info.run_id
     single_run = client.create_run(exp, run_name="log_metric").info.run_id
-    recorder = tracking.SweepRecorder(uri, f"bench-{label}-recorder",
+    recorder = SweepRecorder(uri, f"bench-{label}-recorder",
                                       workdir / f"state-{label}.json")
     recorder.stage_run("bench")
     recorder.trial_run("trial_0", "bench", {"model.arch": "resnet20"})
@@ -113,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         work = pathlib.Path(tmp)
-        sqlite_uri = tracking.default_tracking_uri(work / "sqlite")
-        tracking.prepare_store(sqlite_uri)
+        sqlite_uri = store.default_tracking_uri(work / "sqlite")
+        store.prepare_store(sqlite_uri)
         start = time.perf_counter()
         proc, url = mlflow_server.start_mlflow_server(
-            tracking.default_tracking_uri(work / "server"), work / "server" / "artifacts",
+            store.default_tracking_uri(work / "server"), work / "server" / "artifacts",
             log_path=work / "server.log")
         print(f"mlflow server {url} healthy after {time.perf_counter() - start:.1f} s")
         try:

@@ -1,0 +1,125 @@
+"""Score a checkpoint and print every layer's clipping thresholds.
+
+    python -m sweep.evaluate CHECKPOINT [--dataset NAME --data-root DIR | --data-path FILE]
+                             [--arch A --w-bits N --a-bits N --scheme S [--z Z]] [--json]
+
+A checkpoint written by this project carries its model, quantization and normalisation;
+a reference (APoT-family) checkpoint needs ``--arch``, ``--w-bits``, ``--a-bits`` and
+``--scheme`` (and ``--z`` for ngrid). Exit status 0, or 2 with one message on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+import models
+import quant
+from models.checkpoint import (CheckpointError, is_project_checkpoint, load_weights, model_kwargs,
+                               read_checkpoint)
+from sweep.train.data import DataError, load_data
+from sweep.train.evaluate import evaluate_model
+from sweep.train.loader import BatchLoader
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sweep.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="cifar10 | cifar100 | mnist | npz | imagefolder | synthetic "
+                                     "(default: the checkpoint's, else cifar10)")
+    g.add_argument("--data-root", default=None, help="torchvision dataset folder (default ./data)")
+    g.add_argument("--data-path", default=None, help="the .npz file or image folder")
+    g.add_argument("--split", default="test", choices=["test", "train"],
+                   help="which images to score (default test)")
+    g.add_argument("--batch-size", type=int, default=256)
+    m = p.add_argument_group("model (required for reference checkpoints)")
+    m.add_argument("--arch")
+    m.add_argument("--w-bits", type=int)
+    m.add_argument("--a-bits", type=int)
+    m.add_argument("--scheme")
+    m.add_argument("--act-scheme")
+    m.add_argument("--z", type=float)
+    m.add_argument("--first-last-bits", type=int, default=None)
+    m.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _model_kwargs(args, ckpt: dict, bundle) -> dict:
+    given = {"arch": args.arch, "w_bits": args.w_bits, "a_bits": args.a_bits, "scheme": args.scheme,
+             "act_scheme": args.act_scheme, "z": args.z, "first_last_bits": args.first_last_bits,
+             "num_classes": args.num_classes}
+    given = {k: v for k, v in given.items() if v is not None}
+    if is_project_checkpoint(ckpt):
+        kw = model_kwargs(ckpt, **given)
+    else:
+        need = [f"--{k.replace('_', '-')}" for k in ("arch", "w_bits", "a_bits", "scheme") if k not in given]
+        if need:
+            raise CheckpointError(args.checkpoint, "is a reference checkpoint, which does not say "
+                                                   f"which model it holds; give {', '.join(need)}")
+        kw = dict(given)
+    kw.setdefault("num_classes", bundle.num_classes)
+    kw.setdefault("in_channels", bundle.in_channels)
+    return kw
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+        saved_data = ckpt.get("data", {}) if is_project_checkpoint(ckpt) else {}
+        data_cfg = {"dataset": args.dataset or saved_data.get("dataset") or "cifar10",
+                    "root": args.data_root or "./data", "path": args.data_path or saved_data.get("path"),
+                    "val_fraction": 0.0, "split_seed": 0,
+                    # the normalisation a checkpoint was trained with is the one it is scored with
+                    "mean": saved_data.get("mean"), "std": saved_data.get("std"),
+                    "crop_pad": 0, "flip": False, "synthetic": saved_data.get("synthetic") or {}}
+        bundle = load_data(data_cfg)
+        kw = _model_kwargs(args, ckpt, bundle)
+        model = models.build_model(kw.pop("arch"), **kw)
+        info = load_weights(model, ckpt["state_dict"], args.checkpoint)
+    except (CheckpointError, DataError, quant.QuantConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    model.to(device)
+    split = bundle.test if bundle.test is not None and args.split == "test" else (
+        bundle.val if args.split == "test" else bundle.train)
+    loader = BatchLoader(split, args.batch_size, device, bundle.mean, bundle.std, train=False)
+    t0 = time.perf_counter()
+    result = evaluate_model(model, loader)
+    seconds = time.perf_counter() - t0
+    alphas = quant.alphas(model)
+    out = {"checkpoint": str(args.checkpoint), "dataset": bundle.name, "split": args.split,
+           "accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
+           "loss": result["loss"], "alphas": alphas, "arch": model.arch,
+           "quant": {k: v for k, v in kw.items() if k not in ("num_classes", "in_channels")},
+           "missing_alphas": info["missing_alphas"], "seconds": round(seconds, 3)}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{args.checkpoint}")
+    print(f"  {model.arch}, {bundle.describe() if hasattr(bundle, 'describe') else bundle.name}")
+    print(f"  {args.split} accuracy {result['accuracy']:.2f} % ({result['correct']}/{result['total']}), "
+          f"loss {result['loss']:.4f}, {seconds:.1f} s")
+    if info["missing_alphas"]:
+        print(f"  note: {len(info['missing_alphas'])} clipping thresholds were not in the checkpoint "
+              "and keep their initial values")
+    if alphas:
+        print(f"  {'layer':28s} {'weight alpha':>12s} {'act alpha':>10s}")
+        names = dict.fromkeys(k.split("/", 1)[1] for k in alphas)
+        for name in names:
+            w, a = alphas.get(f"weight/{name}"), alphas.get(f"act/{name}")
+            fmt = lambda v: f"{v:.4f}" if v is not None else "-"
+            print(f"  {name:28s} {fmt(w):>12s} {fmt(a):>10s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

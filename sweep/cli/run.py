@@ -1,0 +1,259 @@
+"""``python run_sweep.py FILE.yaml``: validate, then run every stage as one Ray Tune
+sweep, recording in MLflow (sweep_interface.md, "Commands").
+
+Order of work, so that a bad input costs nothing: parse and validate the file and the
+overrides (exit 2, before Ray or MLflow is imported), ``--dry-run`` stops there; refuse
+existing results without ``--resume``/``--restart``; load the datasets (exit 2 on a
+DataError); start Ray and check that the trials fit on the cluster (exit 2); only then
+create the sweep folder and the MLflow store, and run the stages.
+
+Files (``--storage`` moves the first; ``--mlflow-uri`` the second):
+
+    ./sweeps/<name>/sweep.json      finished stages, their trials and best trial (resume)
+    ./sweeps/<name>/tracking.json   trial -> MLflow run map (SweepRecorder state)
+    ./sweeps/<name>/<stage>/<trial_id>/checkpoint_*/model.pt   Ray's results
+    ./sweeps/<name>/driver.log      Ray's and MLflow's own log lines
+    ./sweeps/mlflow.db, ./sweeps/mlartifacts/<name>/   the MLflow store
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import shlex
+import shutil
+import signal
+import sys
+
+from sweep.config import ConfigError, Experiment, load_experiment, resolve_trial
+from sweep.tune.plan import StagePlan, concrete_candidates, plan_stage
+from sweep.config.fields import is_uri
+from sweep.tune.lineage import data_key
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_sweep.py", description=(
+        "Run a search-space file as Ray Tune sweeps, one per stage, recorded in MLflow."))
+    p.add_argument("file", help="the experiment's YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any dotted key (repeatable), e.g. --set train.lr=0.01")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the stages, trials and resources; start nothing")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep of the same name")
+    again.add_argument("--restart", action="store_true",
+                       help="discard the name's results (folder; MLflow runs are deleted, "
+                            "recoverable with `mlflow runs restore`) and start again")
+    p.add_argument("--stages", metavar="NAME[,NAME]",
+                   help="run only these stages (e.g. skip fp32 with --stages w2a2 "
+                        "--set train.init=PATH)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--storage", help="where results go (default ./sweeps; a shared path or "
+                                     "s3://, gs:// when trials run on several machines)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
+    return p
+
+
+# ---------------------------------------------------------------- paths
+
+class Paths:
+    """Where everything of a sweep goes, absolute."""
+
+    def __init__(self, exp: Experiment, args, cwd: str):
+        storage = args.storage or os.path.join(cwd, "sweeps")
+        self.remote = is_uri(storage) and "://" in storage and not storage.startswith("file://")
+        if not self.remote:
+            storage = os.path.abspath(os.path.join(cwd, os.path.expanduser(
+                storage[len("file://"):] if storage.startswith("file://") else storage)))
+        self.storage = storage
+        self.sweep = f"{storage.rstrip('/')}/{exp.name}" if self.remote else os.path.join(storage, exp.name)
+        # sweep.json, tracking.json and the log stay local when results go to a URI
+        self.state = self.sweep if not self.remote else os.path.join(cwd, "sweeps", exp.name)
+        uri = args.mlflow_uri or exp.tracking.mlflow_uri
+        if uri is None:
+            if self.remote:
+                raise ConfigError("--storage", None, f"{storage} is a URI, so the default SQLite "
+                                  "MLflow store cannot live there; pass --mlflow-uri (a tracking "
+                                  "server, or sqlite:///path/mlflow.db)")
+            uri = "sqlite:///" + os.path.join(storage, "mlflow.db")
+        elif not is_uri(uri):
+            path = os.path.abspath(os.path.join(cwd, os.path.expanduser(uri)))
+            uri = "sqlite:///" + (path if path.endswith(".db") else os.path.join(path, "mlflow.db"))
+        self.mlflow = uri
+
+    def stage(self, name: str) -> str:
+        return f"{self.sweep}/{name}" if self.remote else os.path.join(self.sweep, name)
+
+    def has_results(self) -> bool:
+        return os.path.isdir(self.state) and any(os.scandir(self.state))
+
+
+def _select(exp: Experiment, text: str | None) -> list:
+    if not text:
+        return list(exp.stages)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = [s.name for s in exp.stages]
+    for n in names:
+        if n not in known:
+            raise ConfigError("--stages", n, f"no such stage; stages: {', '.join(known)}")
+    return [s for s in exp.stages if s.name in names]
+
+
+def _check_sources(plans: list[StagePlan], resuming: bool) -> None:
+    """A stage started from a stage that --stages leaves out needs that stage's results
+    (only a resumed sweep has them) or a checkpoint."""
+    names = {p.name for p in plans}
+    for plan in plans:
+        source = plan.init.get("best_of") if isinstance(plan.init, dict) else None
+        if source and source not in names and not resuming:
+            raise ConfigError("--stages", plan.name, (
+                f"starts from the best trial of stage {source} (train.init: {{best_of: {source}}}), "
+                f"which --stages leaves out; add it, or start from a checkpoint: "
+                f"--set train.init=PATH (or runs:/<run_id>, models:/<name>@<alias>)"))
+
+
+# ---------------------------------------------------------------- dry run
+
+def print_dry_run(exp: Experiment, plans: list[StagePlan], paths: Paths) -> None:
+    print(f"experiment {exp.name} ({exp.file})")
+    print(f"  results: {paths.sweep}")
+    print(f"  MLflow:  {paths.mlflow}")
+    for plan in plans:
+        print("\n".join(plan.describe()))
+    print(f"{sum(p.num_trials() for p in plans)} trial(s) in {len(plans)} stage(s); nothing was started")
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cwd = os.getcwd()
+    try:
+        exp = load_experiment(args.file, args.set, cwd=cwd)
+        paths = Paths(exp, args, cwd)
+        selected = _select(exp, args.stages)
+        plans = [plan_stage(exp, s.name) for s in selected]
+        _check_sources(plans, resuming=args.resume)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    if args.dry_run:
+        print_dry_run(exp, plans, paths)
+        return EXIT_OK
+    if paths.has_results() and not (args.resume or args.restart):
+        print(f"{args.file}: name: results of experiment {exp.name!r} already exist in "
+              f"{paths.state}; continue them with --resume, discard them with --restart, or "
+              f"choose another name (--set name=...)", file=sys.stderr)
+        return EXIT_USAGE
+    bundles = _load_datasets(plans)
+    if isinstance(bundles, str):
+        print(f"{args.file}: {bundles}", file=sys.stderr)
+        return EXIT_USAGE
+    fresh = not paths.has_results()
+    code = _run(exp, plans, paths, args, bundles)
+    if code == EXIT_USAGE and fresh:
+        # refused at start (resources, tracking server, init checkpoint): nothing ran, so
+        # leave no folder that would make the corrected command say "results exist"
+        shutil.rmtree(paths.state, ignore_errors=True)
+    return code
+
+
+def _load_datasets(plans: list[StagePlan]):
+    """``{data_key: DataBundle}`` of every dataset the stages can use (listed where the
+    data.* distributions are finite), loaded in the driver before Ray starts; a string
+    (the error) when one cannot be loaded."""
+    from sweep.train.data import DataError, load_data
+    configs = {}
+    for plan in plans:
+        for arm_tree in plan.arm_trees:
+            trees = concrete_candidates(arm_tree, "data")
+            if trees is None:             # continuous data.* values: trials load their own
+                trees = concrete_candidates(arm_tree, None)
+            for tree in trees:
+                cfg = resolve_trial(tree)
+                configs.setdefault(data_key(cfg.data), cfg.data)
+    out = {}
+    for key, data_cfg in configs.items():
+        try:
+            out[key] = load_data(data_cfg)
+        except DataError as exc:
+            return f"data.dataset: {data_cfg.dataset}: {exc}"
+    return out
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run(exp, plans, paths: Paths, args, bundles) -> int:
+    from sweep.tune import cluster
+    ray, held = cluster.start_ray(args)
+    recorder = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        problem = cluster.check_resources(ray, plans)
+        if problem:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        from sweep.track import store
+        from sweep.track.recorder import SweepRecorder
+        if args.restart:
+            _discard(paths, exp.name)
+        cluster.log_to_file(held, os.path.join(paths.state, "driver.log"))
+        store.prepare_store(paths.mlflow)
+        recorder = SweepRecorder(paths.mlflow, exp.name, os.path.join(paths.state, "tracking.json"))
+        from sweep.tune.stages import run_stages
+        return run_stages(exp, plans, paths, args, recorder, bundles)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the sweep is saved: continue it with\n  python run_sweep.py "
+              f"{shlex.quote(args.file)} {' '.join('--set ' + shlex.quote(s) for s in args.set)}"
+              f"{' ' if args.set else ''}--resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ConnectionError as exc:
+        print(f"{args.file}: tracking.mlflow_uri: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if recorder is not None:
+            recorder.close("KILLED")
+        ray.shutdown()
+
+
+def _discard(paths: Paths, name: str) -> None:
+    """--restart: remove the sweep's folders and soft-delete its MLflow runs."""
+    for folder in {paths.state, paths.sweep}:
+        if not is_uri(folder) and os.path.isdir(folder):
+            shutil.rmtree(folder)
+    if paths.remote:
+        import pyarrow.fs
+        fs, path = pyarrow.fs.FileSystem.from_uri(paths.sweep)
+        try:
+            fs.delete_dir(path)
+        except (OSError, FileNotFoundError):
+            pass
+    from sweep.track import store
+    from mlflow import MlflowClient
+    store.prepare_store(paths.mlflow)
+    client = MlflowClient(tracking_uri=paths.mlflow, registry_uri=paths.mlflow)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return
+    token, n = None, 0
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            client.delete_run(run.info.run_id)
+            n += 1
+        token = page.token
+        if not token:
+            break
+    if n:
+        print(f"--restart: deleted the {n} earlier MLflow run(s) of {name} "
+              "(recoverable with `mlflow runs restore --run-id ...` until `mlflow gc`)")

@@ -1,0 +1,3 @@
+"""The report wing: ``results`` (a sweep read back from MLflow), ``compare``
+(published numbers), ``table`` (the Markdown table and CSV), ``plots`` (PNGs).
+"""

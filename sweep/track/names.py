@@ -1,0 +1,43 @@
+"""The names of what a sweep writes to MLflow: child-run artifacts, tags, registered
+models and their aliases. Readers (``sweep.report``, ``sweep.track.resolve``) and the
+writer (``sweep.track.recorder``) share them from here.
+"""
+from __future__ import annotations
+
+import re
+
+# Artifact layout of a trial's child run.
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_ARTIFACT = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+BITS_ARTIFACT = "bits.json"
+ALPHAS_ARTIFACT = "alphas.json"
+ERROR_ARTIFACT = "error.txt"
+
+# Tags.
+PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+ROLE_TAG = "sweep.role"
+STAGE_TAG = "sweep.stage"
+TRIAL_TAG = "sweep.trial_id"
+STOPPED_EARLY_TAG = "sweep.stopped_early"
+FAILURE_TAG = "sweep.failure"
+ERROR_TAG = "sweep.error"
+BEST_RUN_TAG = "sweep.best_run_id"
+REGISTERED_TAG = "sweep.registered_model"
+_END_TAGS = (STOPPED_EARLY_TAG, FAILURE_TAG, ERROR_TAG)   # describe how a run last ended
+
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def registered_model_name(name: str, arch: str) -> str:
+    """``<name>-<arch>``, with the characters a registered name cannot hold as ``_``."""
+    return re.sub(r"[/:]", "_", f"{name}-{arch}")
+
+
+def stage_alias(stage: str) -> str:
+    """``<stage>-best``, written with the characters an alias may hold."""
+    return re.sub(r"[^\w\-]", "_", f"{stage}-best")
+
+

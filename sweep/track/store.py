@@ -1,0 +1,76 @@
+"""The MLflow store a sweep writes to: its default URI, getting it ready before trials
+start, the UI command and links.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import urllib.error
+import urllib.request
+
+from mlflow import MlflowClient
+
+__all__ = ["default_tracking_uri", "sqlite_path", "is_http", "prepare_store", "ui_command",
+           "experiment_link"]
+
+# --------------------------------------------------------------------------- store
+
+def default_tracking_uri(storage_dir: str | os.PathLike) -> str:
+    """``sqlite:///<abs storage_dir>/mlflow.db``: one store for every sweep of a folder."""
+    text = os.fspath(storage_dir)
+    if "://" in text:
+        raise ValueError(
+            f"storage {text!r} is a URI, so the default SQLite MLflow store cannot live there; "
+            "pass --mlflow-uri (or tracking.mlflow_uri) naming a tracking server or a local "
+            "sqlite:///path/mlflow.db")
+    return "sqlite:///" + os.path.join(os.path.abspath(os.path.expanduser(text)), "mlflow.db")
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return os.path.abspath(path) if path else None
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def prepare_store(uri: str, timeout_s: float = 10.0) -> None:
+    """Make the store usable before any trial starts, from the calling process only.
+
+    SQLite: create the folder and the schema once (several processes creating a fresh
+    store at the same moment corrupt it). HTTP: check that the server answers /health,
+    so a wrong address fails now rather than after MLflow's minutes of retries.
+    """
+    db = sqlite_path(uri)
+    if db is not None:
+        os.makedirs(os.path.dirname(db), exist_ok=True)
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    elif is_http(uri):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise ConnectionError(
+                f"MLflow tracking server {uri} does not answer ({exc}); start it, or drop "
+                "--mlflow-uri to use the local SQLite store") from exc
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> str | None:
+    """The shell command that serves the MLflow UI for ``uri``; None for an http(s) URI,
+    which is a server (and its UI) already."""
+    if is_http(uri):
+        return None
+    return (f"mlflow ui --backend-store-uri {shlex.quote(uri)} "
+            f"--host {host} --port {int(port)}")
+
+
+def experiment_link(base_url: str, experiment_id: str) -> str:
+    """A link that opens the experiment's training runs (not the GenAI overview)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+

@@ -1,0 +1,259 @@
+"""The training engine every trial runs: one resolved config in, per-epoch results out.
+
+``Trainer(cfg)`` builds the data, the quantized model and the optimiser from a
+``TrialConfig`` alone; ``run(on_epoch)`` trains the remaining epochs and calls
+``on_epoch(metrics, trainer)`` after each. Used directly by ``python -m sweep.train``
+and as the body of the Ray trainable. Imports neither Ray nor MLflow.
+
+Per-epoch metrics (sweep_interface.md, "Accuracy, splits and epochs"): ``epoch``,
+``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (and ``test_loss``,
+``test_acc`` with a validation split), ``lr``, ``epoch_time_s``, and every layer's
+``alpha/weight/<layer>`` and ``alpha/act/<layer>``. Accuracies are percentages.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import models
+import quant
+from models.checkpoint import load_weights, provenance, read_checkpoint, save_checkpoint
+from sweep.train.loader import BatchLoader
+from sweep.config import InitFrom, TrialConfig
+from sweep.train.data import DataBundle, load_data
+from sweep.train.evaluate import evaluate_model
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; retrying would only repeat it."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but no CUDA device is visible; use train.device: cpu")
+    return device
+
+
+def lr_factor(train_cfg, epoch0: int, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at iteration ``step`` of 0-based epoch ``epoch0``.
+
+    Both schedules change the rate once per epoch, as the reference codebases do:
+    ``step`` decays by ``gamma`` at each milestone (the reference's epoch 150 is the
+    151st); ``cosine`` is ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch;
+    ``constant``. A linear warm-up over the first ``warmup_epochs`` (per iteration)
+    comes first, and cosine then anneals over the epochs after it.
+    """
+    warm = train_cfg.warmup_epochs
+    if epoch0 < warm:
+        return (epoch0 * steps_per_epoch + step + 1) / (warm * steps_per_epoch)
+    if train_cfg.schedule == "step":
+        return train_cfg.gamma ** sum(1 for m in train_cfg.milestones if epoch0 >= m)
+    if train_cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch0 - warm) / max(train_cfg.epochs - warm, 1)))
+    return 1.0
+
+
+def model_kwargs(cfg: TrialConfig, data: DataBundle) -> dict:
+    q = cfg.quant.to_dict()
+    return {"num_classes": cfg.model.num_classes or data.num_classes,
+            "in_channels": cfg.model.in_channels or data.in_channels,
+            "w_bits": q["w_bits"], "a_bits": q["a_bits"], "scheme": q["scheme"],
+            "act_scheme": q["act_scheme"], "z": q["z"], "family": q["family"],
+            "layers": q["layers"], "first_last_bits": q["first_last_bits"]}
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig, data: DataBundle | None = None, *, metric: str = "val_acc",
+                 mode: str = "max", init_path: str | None = None, log: Callable[[str], None] = print):
+        self.cfg, self.metric, self.mode, self.log = cfg, metric, mode, log
+        t = cfg.train
+        self.device = resolve_device(t.device)
+        torch.manual_seed(t.seed)
+        self.data = data if data is not None else load_data(cfg.data)
+        kw = model_kwargs(cfg, self.data)
+        self.model = models.build_model(cfg.model.arch, **kw)
+        self.model_cfg = {"arch": cfg.model.arch, "num_classes": kw["num_classes"],
+                          "in_channels": kw["in_channels"]}
+        self.quant_cfg = {k: kw[k] for k in ("w_bits", "a_bits", "scheme", "act_scheme", "z",
+                                               "family", "first_last_bits")}
+        self.quant_cfg["layers"] = [[g, o] for g, o in (kw["layers"] or {}).items()]
+        self.init_info = self._load_init(init_path if init_path is not None else t.init)
+        self.model.to(self.device)
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        act, wgt, rest = quant.alpha_parameters(self.model)
+        self.alphas = act + wgt          # kept >= train.alpha_floor after every step
+        groups = [{"params": rest, "lr": t.lr, "weight_decay": t.weight_decay}]
+        if act:
+            groups.append({"params": act, "lr": t.alpha_lr_act, "weight_decay": t.alpha_weight_decay})
+        if wgt:
+            groups.append({"params": wgt, "lr": t.alpha_lr_weight, "weight_decay": t.alpha_weight_decay})
+        self.optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+        self.base_lrs = [g["lr"] for g in groups]
+        self.autocast = torch.bfloat16 if t.precision == "bf16" else None
+        loader_kw = dict(channels_last=t.channels_last)
+        self.train_loader = BatchLoader(self.data.train, t.batch_size, self.device, self.data.mean,
+                                        self.data.std, train=True, crop_pad=self.data.crop_pad,
+                                        flip=self.data.flip, seed=t.seed, **loader_kw)
+        self.val_loader = BatchLoader(self.data.val, 512, self.device, self.data.mean, self.data.std, **loader_kw)
+        self.test_loader = None if self.data.test is None else BatchLoader(
+            self.data.test, 512, self.device, self.data.mean, self.data.std, **loader_kw)
+        self.compiled = t.compile is True or (t.compile == "auto" and self.device.type == "cuda")
+        self.forward = self._compiled() if self.compiled else self.model
+        if self.compiled:
+            self.log(f"train.compile: {str(t.compile).lower()} on {self.device.type}; the first epoch includes a "
+                     "one-time compilation (a minute or two; train.compile: false skips it)")
+        self.provenance = provenance()      # git commit and versions, for every checkpoint
+        self.epoch = 0                      # epochs completed
+        self.history: list[dict] = []
+        self.best: dict | None = None
+
+    def _compiled(self):
+        """The whole model through ``torch.compile`` for the training steps (quantizers traced
+        inline and fused with their neighbours); on CUDA also replayed as CUDA graphs, since
+        a ResNet-20 step is otherwise bound by kernel launches, not arithmetic. Evaluation
+        stays eager: one pass an epoch, and no second set of graphs to compile."""
+        if self.device.type == "cuda":
+            return torch.compile(self.model, mode="reduce-overhead")
+        return torch.compile(self.model)
+
+    # ---- initial weights -----------------------------------------------------------
+    def _load_init(self, init) -> dict | None:
+        if init is None:
+            return None
+        if isinstance(init, InitFrom) or isinstance(init, dict):
+            raise ValueError("train.init {best_of: ...} names a stage of a sweep; run it with "
+                             "run_sweep.py, or give a checkpoint path")
+        if str(init).startswith(("runs:/", "models:/")):
+            raise ValueError(f"train.init {init} is an MLflow source: resolve it to a local file "
+                             "first (sweep.track.resolve) and pass it as init_path")
+        ckpt = read_checkpoint(init)
+        info = load_weights(self.model, ckpt["state_dict"], init)
+        info["path"] = str(init)
+        if info["missing_alphas"]:
+            self.log(f"init: {init}: {len(info['missing_alphas'])} clipping thresholds not in the "
+                     "checkpoint keep their initial values")
+        return info
+
+    # ---- one epoch -------------------------------------------------------------------
+    def _set_lr(self, epoch0: int, step: int) -> float:
+        f = lr_factor(self.cfg.train, epoch0, step, len(self.train_loader))
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * f
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Train 1-based ``epoch``; returns train loss and accuracy over its batches."""
+        self.model.train()
+        floor = self.cfg.train.alpha_floor
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        lr0 = None
+        for step, (x, y) in enumerate(self.train_loader.epoch(epoch - 1)):
+            lr = self._set_lr(epoch - 1, step)
+            lr0 = lr if lr0 is None else lr0
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                out = self.forward(x)
+            loss = F.cross_entropy(out.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.alphas:
+                with torch.no_grad():
+                    torch._foreach_clamp_min_(self.alphas, floor)
+            loss_sum += loss.detach() * y.numel()
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += y.numel()
+        train_loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"epoch {epoch}: training loss is {train_loss} (lr {lr0:g}); "
+                                "the run stops here: lower train.lr or check the data")
+        return {"train_loss": train_loss, "train_acc": 100.0 * float(correct) / max(seen, 1), "lr": lr0}
+
+    def evaluate(self) -> dict:
+        out = {}
+        v = evaluate_model(self.model, self.val_loader, self.autocast)
+        out.update(val_loss=v["loss"], val_acc=v["accuracy"])
+        if self.test_loader is not None:
+            s = evaluate_model(self.model, self.test_loader, self.autocast)
+            out.update(test_loss=s["loss"], test_acc=s["accuracy"])
+        return out
+
+    def _alpha_metrics(self) -> dict:
+        return {f"alpha/{k}": v for k, v in quant.alphas(self.model).items()}
+
+    def _is_better(self, metrics: dict) -> bool:
+        if self.best is None:
+            return True
+        new, old = metrics[self.metric], self.best[self.metric]
+        return new > old if self.mode == "max" else new < old
+
+    # ---- the loop --------------------------------------------------------------------
+    def run(self, on_epoch: Callable[[dict, "Trainer"], None] | None = None) -> dict:
+        """Train the remaining epochs; ``on_epoch(metrics, trainer)`` after each one."""
+        t = self.cfg.train
+        if self.epoch == 0 and t.eval_before and not self.history:
+            m = {"epoch": 0, **self.evaluate(), "lr": self.base_lrs[0], "epoch_time_s": 0.0,
+                 **self._alpha_metrics()}
+            self.history.append(m)
+            if on_epoch:
+                on_epoch(m, self)
+        while self.epoch < t.epochs:
+            epoch = self.epoch + 1
+            t0 = time.perf_counter()
+            m = {"epoch": epoch, **self.train_epoch(epoch)}
+            m.update(self.evaluate())
+            m["epoch_time_s"] = time.perf_counter() - t0
+            m.update(self._alpha_metrics())
+            if self.metric not in m:
+                raise KeyError(f"search.metric {self.metric!r} is not a per-epoch metric; "
+                               f"choose one of: {', '.join(k for k in m if not k.startswith('alpha/'))}")
+            self.epoch = epoch
+            self.history.append(m)
+            m["is_best"] = self._is_better(m)
+            if m["is_best"]:
+                self.best = {k: v for k, v in m.items() if k != "is_best"}
+            if on_epoch:
+                on_epoch(m, self)
+        return self.summary()
+
+    def summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {"best": self.best, "last": last, "epochs_run": self.epoch, "metric": self.metric}
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def save(self, path, with_state: bool = True, metrics: dict | None = None) -> Path:
+        """The project checkpoint of the current weights (plus what a resume needs)."""
+        d = self.cfg.data
+        data_cfg = {"dataset": d.dataset, "path": d.path, "root": d.root, "mean": list(self.data.mean),
+                    "std": list(self.data.std), "synthetic": d.synthetic.to_dict()}
+        extra = None
+        if with_state:
+            extra = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                     "best": self.best, "history": self.history,
+                     "rng": {"torch": torch.get_rng_state()}}
+        return save_checkpoint(path, self.model, model_cfg=self.model_cfg, quant_cfg=self.quant_cfg,
+                               data_cfg=data_cfg, config=self.cfg.to_dict(), epoch=self.epoch,
+                               metrics=metrics if metrics is not None else (self.history[-1] if self.history else {}),
+                               prov=self.provenance, extra=extra)
+
+    def load_state(self, path) -> None:
+        """Continue from a checkpoint written by ``save`` (weights, optimiser, epoch, best)."""
+        ckpt = read_checkpoint(path)
+        load_weights(self.model, ckpt["state_dict"], path)
+        state = ckpt.get("train_state")
+        if state is None:
+            raise ValueError(f"{path}: holds no training state to resume from")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+

@@ -1,0 +1,238 @@
+"""What a stage will run: its arms, the trials they expand to, the searched keys, and
+the conversion of our distributions into Ray Tune's search space or an Optuna
+define-by-run function.
+
+Arms (``search.variants``) are handled in ONE Tuner per stage, so every arm's trials
+share the cluster at once:
+
+- grid / random: the param space is ``{"tree": grid_search([arm tree, ...])}`` where
+  each arm tree holds Ray domains at its searched leaves. Ray expands a grid value
+  that itself holds grids or domains, so each arm is crossed with its own
+  distributions only (apot: 1 trial; ngrid with z in 5 values: 5 trials), and
+  ``num_samples`` repeats every arm's grid (``num_samples`` samples per arm).
+- optuna: a define-by-run space that picks the arm (a categorical ``arm`` when there
+  are several) and suggests that arm's distributions; ``num_samples`` x arms trials.
+
+The trainable always receives ``config["tree"]``: the concrete ``{data, model, quant,
+train}`` tree of its trial. Imports no Ray at module level (``--dry-run`` uses it).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+import math
+
+from sweep.config import Experiment, get_dotted, set_dotted
+from sweep.config.space import (Choice, Distribution, Grid, LogUniform, QUniform, RandInt, Uniform,
+                         find_distributions, to_plain)
+
+__all__ = ["StagePlan", "plan_stage", "ray_space", "optuna_space", "searched_values",
+           "concrete_candidates"]
+
+_MAX_LISTED = 64            # trials printed one by one by --dry-run
+
+
+class StagePlan:
+    """One stage of an experiment, ready to be described or run."""
+
+    def __init__(self, exp: Experiment, stage_name: str):
+        self.name = stage_name
+        self.search = exp.stage_search(stage_name)
+        self.resources = exp.stage_resources(stage_name)
+        self.arms = list(exp.stage_search(stage_name).variants)      # dotted key -> value
+        self.arm_trees = exp.trial_spaces(stage_name)                # one per arm (or one)
+        tree = exp.stage_tree(stage_name)
+        self.init = tree["train"]["init"]                            # as the stage sets it
+        self.sets = {k: v for k, v in exp.stage(stage_name).overrides.items()
+                     if k not in ("train.init", "search.variants")}
+        keys: list[str] = []
+        for arm, arm_tree in zip(self.arms or [{}], self.arm_trees):
+            if len(self.arm_trees) > 1:
+                keys += list(arm)
+            keys += [".".join(p) for p, _ in find_distributions(arm_tree)]
+        self.searched = list(dict.fromkeys(keys))                    # in order, unique
+
+    # ---- counts and limits ---------------------------------------------------------
+    def grid_size(self, arm_tree: dict) -> int:
+        return math.prod(len(d.values) for _, d in find_distributions(arm_tree)
+                         if isinstance(d, Grid))
+
+    def num_trials(self) -> int:
+        n = self.search.num_samples
+        if self.search.algorithm == "optuna":
+            return n * len(self.arm_trees)
+        return n * sum(self.grid_size(t) for t in self.arm_trees)
+
+    def max_epochs(self) -> int:
+        """ASHA's max_t: the largest ``train.epochs`` any trial can have."""
+        best = 1
+        for arm_tree in self.arm_trees:
+            value = get_dotted(arm_tree, "train.epochs")
+            cands = value.candidates() if isinstance(value, Distribution) else [value]
+            best = max(best, *(int(c) for c in cands))
+        return best
+
+    def has_sampled(self) -> bool:
+        return any(not isinstance(d, Grid) for t in self.arm_trees
+                   for _, d in find_distributions(t))
+
+    # ---- description (--dry-run) ----------------------------------------------------
+    def describe(self) -> list[str]:
+        s, r = self.search, self.resources
+        sched = (f"asha (grace_period {s.scheduler.grace_period} epochs, reduction_factor "
+                 f"{s.scheduler.reduction_factor:g}, max_t {self.max_epochs()} epochs)"
+                 if s.scheduler.type == "asha" else "fifo")
+        init = self.init
+        if isinstance(init, dict):
+            match = f", match {init['match']}" if init.get("match") else ""
+            init = f"best trial of stage {init['best_of']!r} with the same model.* and data.*{match}"
+        lines = [f"stage {self.name}: {self.num_trials()} trial(s), search {s.algorithm} "
+                 f"(num_samples {s.num_samples}, seed {s.seed}), metric {s.metric} ({s.mode}), "
+                 f"scheduler {sched}",
+                 f"  resources per trial: {r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU"
+                 + (f"; at most {s.max_concurrent} at once" if s.max_concurrent else ""),
+                 f"  init: {init or 'random (train.init not set)'}"]
+        if self.sets:
+            lines.append("  stage sets: " + "  ".join(f"{k}={_short(to_plain(v))}"
+                                                      for k, v in self.sets.items()))
+        if len(self.arm_trees) > 1:
+            for i, arm in enumerate(self.arms):
+                lines.append(f"  arm {i}: {_short(to_plain(arm))}")
+        if self.search.algorithm == "optuna" or self.has_sampled():
+            for i, arm_tree in enumerate(self.arm_trees):
+                where = f"arm {i} " if len(self.arm_trees) > 1 else ""
+                for path, dist in find_distributions(arm_tree):
+                    lines.append(f"  {where}space: {'.'.join(path)} ~ {_short(dist.to_plain())}")
+            how = ("Optuna picks each trial" if s.algorithm == "optuna"
+                   else f"seeded random samples (seed {s.seed})")
+            lines.append(f"  trials: {self.num_trials()} from the space above, {how}")
+            return lines
+        if not self.searched:
+            lines.append(f"  trials: {self.num_trials()} (nothing searched)")
+            return lines
+        lines.append("  trials:")
+        rows = [searched_values(t, self.searched) for t in self.expand_grid()]
+        for i, row in enumerate(rows[:_MAX_LISTED]):
+            lines.append(f"    {i:>3}  " + "  ".join(f"{k}={_short(v)}" for k, v in row.items()))
+        if len(rows) > _MAX_LISTED:
+            lines.append(f"    ... {len(rows) - _MAX_LISTED} more")
+        return lines
+
+    def expand_grid(self) -> list[dict]:
+        """Every concrete tree of a grid-only stage (num_samples repeats included)."""
+        out = []
+        for _ in range(self.search.num_samples):
+            for arm_tree in self.arm_trees:
+                found = find_distributions(arm_tree)
+                for combo in itertools.product(*(d.values for _, d in found)):
+                    tree = copy.deepcopy(arm_tree)
+                    for (path, _), value in zip(found, combo):
+                        set_dotted(tree, ".".join(path), copy.deepcopy(value))
+                    out.append(tree)
+        return out
+
+
+def plan_stage(exp: Experiment, stage_name: str) -> StagePlan:
+    return StagePlan(exp, stage_name)
+
+
+def searched_values(tree: dict, keys) -> dict:
+    return {k: get_dotted(tree, k, None) for k in keys}
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = text.replace('"', "")
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
+def concrete_candidates(arm_tree: dict, section: str, limit: int = 16) -> list[dict] | None:
+    """Concrete trees covering every value the distributions under ``section`` can take
+    (other distributions at their first candidate); None when a distribution there is
+    continuous or the combinations exceed ``limit``."""
+    found = find_distributions(arm_tree)
+    inside = [(p, d) for p, d in found if p[0] == section]
+    if any(isinstance(d, (Uniform, LogUniform, QUniform)) for _, d in inside):
+        return None
+    cands = [d.candidates() for _, d in inside]
+    if any(isinstance(d, RandInt) and len(c) != d.hi - d.lo + 1 for (_, d), c in zip(inside, cands)):
+        return None
+    if math.prod(len(c) for c in cands) > limit:
+        return None
+    out = []
+    for combo in itertools.product(*cands):
+        tree = copy.deepcopy(arm_tree)
+        for path, dist in found:
+            set_dotted(tree, ".".join(path), copy.deepcopy(dist.candidates()[0]))
+        for (path, _), value in zip(inside, combo):
+            set_dotted(tree, ".".join(path), copy.deepcopy(value))
+        out.append(tree)
+    return out
+
+
+# ---------------------------------------------------------------- Ray and Optuna
+
+def _ray_domain(dist: Distribution):
+    from ray import tune
+    if isinstance(dist, Grid):
+        return tune.grid_search(list(dist.values))
+    if isinstance(dist, Choice):
+        return tune.choice(list(dist.values))
+    if isinstance(dist, Uniform):
+        return tune.uniform(dist.lo, dist.hi)
+    if isinstance(dist, LogUniform):
+        return tune.loguniform(dist.lo, dist.hi)
+    if isinstance(dist, RandInt):
+        return tune.randint(dist.lo, dist.hi + 1)      # Ray excludes hi; ours includes it
+    if isinstance(dist, QUniform):
+        return tune.quniform(dist.lo, dist.hi, dist.q)
+    raise TypeError(f"no Ray domain for {dist!r}")
+
+
+def _with_domains(tree: dict) -> dict:
+    out = copy.deepcopy(tree)
+    for path, dist in find_distributions(tree):
+        set_dotted(out, ".".join(path), _ray_domain(dist))
+    return out
+
+
+def ray_space(plan: StagePlan) -> dict:
+    """``{"tree": ...}`` for BasicVariantGenerator (grid and random search)."""
+    from ray import tune
+    trees = [_with_domains(t) for t in plan.arm_trees]
+    return {"tree": trees[0] if len(trees) == 1 else tune.grid_search(trees)}
+
+
+def _suggest(trial, name: str, dist: Distribution):
+    if isinstance(dist, Choice):
+        values = list(dist.values)
+        if all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
+            return trial.suggest_categorical(name, values)
+        return copy.deepcopy(values[trial.suggest_categorical(name, list(range(len(values))))])
+    if isinstance(dist, Uniform):
+        return trial.suggest_float(name, dist.lo, dist.hi)
+    if isinstance(dist, LogUniform):
+        return trial.suggest_float(name, dist.lo, dist.hi, log=True)
+    if isinstance(dist, RandInt):
+        return trial.suggest_int(name, dist.lo, dist.hi)
+    if isinstance(dist, QUniform):
+        lo, hi = math.ceil(dist.lo / dist.q) * dist.q, math.floor(dist.hi / dist.q) * dist.q
+        return round(trial.suggest_float(name, lo, hi, step=dist.q) / dist.q) * dist.q
+    raise TypeError(f"{dist.name} cannot be used with optuna; write {{choice: [...]}}")
+
+
+def _define_by_run(trial, arm_trees: list) -> dict:
+    """Optuna define-by-run space (module level: it is pickled with the searcher)."""
+    index = trial.suggest_categorical("arm", list(range(len(arm_trees)))) if len(arm_trees) > 1 else 0
+    tree = copy.deepcopy(arm_trees[index])
+    prefix = f"arm{index}:" if len(arm_trees) > 1 else ""
+    for path, dist in find_distributions(arm_trees[index]):
+        key = ".".join(path)
+        set_dotted(tree, key, _suggest(trial, prefix + key, dist))
+    return {"tree": tree}
+
+
+def optuna_space(plan: StagePlan):
+    return functools.partial(_define_by_run, arm_trees=plan.arm_trees)

@@ -1,0 +1,169 @@
+"""Driver-side bookkeeping of one stage's trials: their MLflow records (through the
+``SweepRecorder``), the progress table, and the trial summaries kept in ``sweep.json``
+(``SweepState``) that later stages and ``--resume`` read. Events come from
+``sweep.tune.callback``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+
+from sweep.config import resolve_trial
+from sweep.train.bits import checkpoint_bits_label
+from sweep.tune.lineage import init_source
+from sweep.tune.plan import StagePlan, searched_values
+from sweep.tune.progress import ProgressTable
+from sweep.tune.state import SweepState
+from sweep.tune.trainable import BITS_FILE, CHECKPOINT_FILE, METRIC_KEYS
+from sweep.track.recorder import SweepRecorder
+from sweep.track.names import ALPHAS_ARTIFACT
+
+__all__ = ["StageRun", "best_kept"]
+
+log = logging.getLogger("sweep")
+
+
+def _finite(x):
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _local_dir(checkpoint, cache: str) -> str:
+    """A local folder holding the checkpoint's files (downloaded from remote storage)."""
+    fs = getattr(checkpoint, "filesystem", None)
+    if fs is None or getattr(fs, "type_name", "local") == "local":
+        return checkpoint.path
+    return checkpoint.to_directory(os.path.join(cache, os.path.basename(checkpoint.path)))
+
+
+def best_kept(kept: list) -> tuple:
+    """(checkpoint, metrics) of the best epoch among Ray's kept checkpoints: the newest
+    one reported with ``is_best=1`` (the engine's best so far), else the newest one."""
+    kept = [(c, m or {}) for c, m in kept if c is not None]
+    if not kept:
+        return None, {}
+    return max(kept, key=lambda cm: (int(cm[1].get("is_best", 0) or 0), cm[1].get("epoch", -1)))
+
+
+class StageRun:
+    def __init__(self, plan: StagePlan, recorder: SweepRecorder, state: SweepState, meta: dict,
+                 cache_dir: str, out=None):
+        self.plan, self.recorder, self.state, self.meta = plan, recorder, state, meta
+        self.cache_dir = cache_dir
+        self.table = ProgressTable(plan.search.metric, plan.search.mode, plan.searched, out)
+        self.alphas: dict[str, dict] = {}
+        self.entry = state.stage(plan.name)
+
+    # ---- helpers -----------------------------------------------------------------
+    def values(self, config: dict) -> dict:
+        return searched_values(config["tree"], self.plan.searched)
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        log.exception("%s", what)
+        print(f"warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    # ---- events ------------------------------------------------------------------
+    def trial_started(self, trial_id: str, config: dict) -> None:
+        if trial_id in self.entry["trials"]:
+            return              # closed already; Ray restarts it after a killed driver
+        cfg = resolve_trial(config["tree"])
+        _, lineage, _ = init_source(cfg, config["_sweep"])
+        tags = {**lineage, "sweep.experiment": self.recorder.experiment_name}
+        self.recorder.trial_run(trial_id, self.plan.name, cfg.flatten(), tags=tags)
+        last = self.recorder.last_epoch(trial_id)
+        self.table.row(trial_id, self.values(config), "RUNNING",
+                       note=f"(resumed; epochs 1-{last} logged)" if last else "")
+
+    def trial_result(self, trial_id: str, config: dict, result: dict) -> None:
+        if result.get("failure") or trial_id in self.entry["trials"]:
+            return                               # reported at completion / closed already
+        metrics = {k: v for k, v in result.items()
+                   if (k in METRIC_KEYS or k.startswith("alpha/")) and isinstance(v, (int, float))}
+        self.alphas[trial_id] = {k[len("alpha/"):]: v for k, v in metrics.items() if k.startswith("alpha/")}
+        if self.recorder.run_id(trial_id) is None:
+            self.trial_started(trial_id, config)
+        logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
+        self.table.row(trial_id, self.values(config), "RUNNING", result["epoch"],
+                       result.get(self.plan.search.metric), "" if logged else "(replayed, not logged again)")
+
+    def trial_retrying(self, trial_id: str, config: dict, failures: int, error: str | None) -> None:
+        last = ((error or "").strip().splitlines() or ["it raised"])[-1][:80]
+        self.table.row(trial_id, self.values(config), "RETRY",
+                       note=f"(failure {failures}; from its last checkpoint: {last})")
+
+    def trial_done(self, trial_id: str, config: dict, last: dict | None, kept: list,
+                   error: str | None = None, history: list | None = None) -> dict:
+        """Close a trial's record (idempotent): artifacts, tags, end status, summary."""
+        done = self.entry["trials"].get(trial_id)
+        if done is not None:
+            return done
+        last = dict(last or {})
+        cfg = resolve_trial(config["tree"])
+        if self.recorder.run_id(trial_id) is None:
+            self.trial_started(trial_id, config)
+        for row in history or []:                # epochs a killed driver did not log
+            if not row.get("failure") and row.get("epoch") is not None:
+                self.recorder.log_epoch(trial_id, row["epoch"], {
+                    k: v for k, v in row.items() if (k in METRIC_KEYS or str(k).startswith("alpha/"))
+                    and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))})
+        failure = last.get("failure") if not error else None
+        status = "FAILED" if (error or failure) else "FINISHED"
+        epoch = last.get("epoch") or 0
+        stopped = status == "FINISHED" and epoch < cfg.train.epochs
+        ckpt, ckpt_metrics = best_kept(kept)
+        model_file = bits = None
+        if ckpt is not None:
+            try:
+                folder = _local_dir(ckpt, self.cache_dir)
+                model_file = os.path.join(folder, CHECKPOINT_FILE)
+                self.recorder.log_checkpoint(trial_id, model_file)
+                if os.path.isfile(os.path.join(folder, BITS_FILE)):
+                    self.recorder.log_artifacts(trial_id, {BITS_FILE: os.path.join(folder, BITS_FILE)})
+                bits = checkpoint_bits_label(model_file)
+            except Exception as exc:            # noqa: BLE001 - record the trial anyway
+                self._warn(f"trial {trial_id}: storing its checkpoint in MLflow failed", exc)
+        alphas = self.alphas.get(trial_id) or {k[len("alpha/"):]: v for k, v in last.items()
+                                               if k.startswith("alpha/")}
+        self.recorder.log_json(trial_id, ALPHAS_ARTIFACT, alphas)   # {} for a float model
+        text = error or last.get("error")
+        self.recorder.finish_trial(trial_id, status, error=text, stopped_early=stopped, failure=failure)
+        metric = self.plan.search.metric
+        summary = {
+            "trial_id": trial_id, "run_id": self.recorder.run_id(trial_id), "status": status,
+            "failure": failure or ("error" if error else None),
+            "error": (text or "").strip().splitlines()[-1][:300] if text else None,
+            "stopped_early": stopped, "epochs": epoch, "arch": cfg.model.arch,
+            "metric": _finite(last.get("best_metric", ckpt_metrics.get(metric))),
+            "best_epoch": last.get("best_epoch"), "checkpoint": model_file, "bits": bits,
+            "config": cfg.to_dict(), "values": self.values(config)}
+        self.entry["trials"][trial_id] = summary
+        self.state.save()
+        shown = "STOPPED" if stopped else status
+        note = "(ASHA)" if stopped else (f"({summary['failure']}: {summary['error']})" if status == "FAILED" else "")
+        self.table.row(trial_id, summary["values"], shown, epoch, last.get(metric), note)
+        return summary
+
+    # ---- after the Tuner ---------------------------------------------------------
+    def reconcile(self, results) -> None:
+        """Close every trial of the ResultGrid not closed yet (trials that ended while a
+        killed driver could not record them, or whose callback failed)."""
+        for result in results:
+            trial_id = os.path.basename(result.path.rstrip("/"))
+            if trial_id in self.entry["trials"]:
+                continue
+            history = None
+            df = result.metrics_dataframe
+            if df is not None and "epoch" in df.columns:
+                history = df.to_dict("records")
+            error = None if result.error is None else str(result.error)
+            self.trial_done(trial_id, result.config, result.metrics, result.best_checkpoints or [],
+                            error=error, history=history)
+
+    def best(self) -> dict | None:
+        sign = 1 if self.plan.search.mode == "max" else -1
+        done = [t for t in self.entry["trials"].values()
+                if t["status"] == "FINISHED" and t["metric"] is not None and t["checkpoint"]]
+        return max(done, key=lambda t: sign * t["metric"]) if done else None
+
+

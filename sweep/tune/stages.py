@@ -1,0 +1,304 @@
+"""The stages of a sweep, in order, each one Ray Tune ``Tuner`` (``sweep.plan`` builds
+its space), with the MLflow callback of ``sweep.stage``; then the summary.
+
+Resume: a stage recorded ``finished`` in ``sweep.json`` is not rerun; an unfinished
+one is continued with ``Tuner.restore`` (finished trials are kept, unfinished ones
+restart from their last checkpoint, errored ones stay failed).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import sys
+
+from mlflow.exceptions import MlflowException
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from sweep.track import names, resolve, store
+from sweep.train.bits import checkpoint_bits_label
+from sweep.config import get_dotted, resolve_trial, set_dotted
+from sweep.tune.plan import StagePlan, concrete_candidates, optuna_space, ray_space
+from sweep.tune.progress import fmt
+from sweep.config.space import Distribution, has_distributions, to_plain
+from sweep.tune.callback import SweepCallback, register
+from sweep.tune.lineage import pick_init
+from sweep.tune.records import StageRun
+from sweep.tune.state import SweepState
+from sweep.tune.trainable import train_trial
+
+__all__ = ["run_stages", "fingerprint"]
+
+MAX_FAILURES = 2            # retries of a trial that raises, from its last checkpoint
+
+
+def fingerprint(exp) -> dict:
+    """What must not change between a sweep and its --resume (resources may)."""
+    out = {}
+    for s in exp.stages:
+        search = exp.stage_search(s.name)
+        out[s.name] = json.dumps({
+            "spaces": to_plain(exp.trial_spaces(s.name)),
+            "search": {k: str(getattr(search, k)) for k in ("algorithm", "num_samples", "seed",
+                                                              "metric", "mode", "scheduler")}},
+            sort_keys=True, default=str)
+    return out
+
+
+def _trial_name(trial) -> str:
+    return trial.trial_id
+
+
+# ---------------------------------------------------------------- before the stages
+
+def _init_files(plans, recorder, cache: str) -> dict:
+    """``{train.init text: {path, lineage}}`` for paths, ``runs:/`` and ``models:/``."""
+    values = set()
+    for plan in plans:
+        for tree in plan.arm_trees:
+            value = tree["train"]["init"]
+            for v in value.candidates() if isinstance(value, Distribution) else [value]:
+                if isinstance(v, str):
+                    values.add(v)
+    out = {}
+    for text in sorted(values):
+        path, lineage = resolve.resolve_init(text, recorder.client, cache)
+        try:
+            label = checkpoint_bits_label(path)
+        except Exception:               # noqa: BLE001 - the trial reports an unreadable file
+            label = None
+        if label:
+            lineage["lineage.init_bits"] = label
+        out[text] = {"path": path, "lineage": lineage}
+    return out
+
+
+def _init_candidates(plan: StagePlan, state: SweepState) -> list[dict]:
+    """The trials a ``best_of`` stage can start from: of the source stage, the best one
+    per (model.*, data.*, match keys), each config cut to those keys (every trial's
+    config carries the list)."""
+    init = plan.init
+    if not isinstance(init, dict):
+        return []
+    keys = ["model", "data", *(init.get("match") or [])]
+    sign = 1 if plan.search.mode == "max" else -1
+    best = {}
+    for cand in state.candidates():
+        if cand["stage"] != init["best_of"]:
+            continue
+        cut = {}
+        for key in keys:
+            set_dotted(cut, key, get_dotted(cand["config"], key, None))
+        group = json.dumps(cut, sort_keys=True, default=str)
+        if group not in best or sign * cand["metric"] > sign * best[group]["metric"]:
+            best[group] = {**cand, "config": cut}
+    return list(best.values())
+
+
+def _blocked(plan: StagePlan, state: SweepState) -> str | None:
+    """Why a stage cannot start (its init stage has no usable trial), or None."""
+    init = plan.init
+    if not isinstance(init, dict):
+        return None
+    source = init["best_of"]
+    entry = state.data["stages"].get(source)
+    if entry is None or entry.get("status") != "finished":
+        return (f"it starts from stage {source}, which has not finished in this sweep "
+                f"(run it too, or give a checkpoint: --set train.init=PATH)")
+    if not entry.get("best"):
+        return f"stage {source} has no finished trial to start from"
+    candidates = _init_candidates(plan, state)
+    for i, tree in enumerate(plan.arm_trees):
+        if any(has_distributions(tree[sec]) for sec in ("model", "data")):
+            continue                    # checked per trial by the trainable
+        cfg = resolve_trial(concrete_candidates(tree, None)[0])
+        if pick_init(cfg, cfg.train.init, candidates,
+                     plan.search.mode) is None:
+            arm = f"arm {i}: " if len(plan.arm_trees) > 1 else ""
+            return (f"{arm}no finished trial of stage {source} has the same model.* and data.*"
+                    + (f" and {', '.join(init['match'])}" if init.get("match") else ""))
+    return None
+
+
+# ---------------------------------------------------------------- one stage
+
+def _tuner(plan: StagePlan, trainable, meta: dict, paths, key: str):
+    s = plan.search
+    max_t = plan.max_epochs()
+    if s.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t,
+                                  grace_period=min(s.scheduler.grace_period, max_t),
+                                  reduction_factor=s.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    if s.algorithm == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+        optuna.logging.disable_default_handler()       # its lines go to driver.log
+        search_alg = OptunaSearch(space=optuna_space(plan), metric=s.metric, mode=s.mode,
+                                  sampler=optuna.samplers.TPESampler(seed=s.seed))
+        space, num_samples = {"_sweep": meta}, s.num_samples * len(plan.arm_trees)
+    else:
+        search_alg = BasicVariantGenerator(random_state=s.seed)
+        space, num_samples = {**ray_space(plan), "_sweep": meta}, s.num_samples
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=plan.name, storage_path=paths.sweep, callbacks=[SweepCallback(key)],
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="is_best", checkpoint_score_order="max"),
+            verbose=0, log_to_file=True))
+
+
+def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_files) -> None:
+    s, r = plan.search, plan.resources
+    meta = {"stage": plan.name, "metric": s.metric, "mode": s.mode,
+            "init_candidates": _init_candidates(plan, state), "init_files": init_files}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data_refs=refs),
+                                    {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+    overrides = {f"stage.set.{k}": v for k, v in to_plain(exp.stage(plan.name).overrides).items()}
+    recorder.stage_run(plan.name, params={
+        "stage": plan.name, "search.algorithm": s.algorithm, "search.num_samples": s.num_samples,
+        "search.metric": s.metric, "search.mode": s.mode, "search.scheduler": s.scheduler.type,
+        "trials": plan.num_trials(), **overrides})
+    key = f"{paths.state}::{plan.name}"
+    stage_dir = paths.stage(plan.name)
+    restore = args.resume and _restorable(stage_dir, paths.remote)
+    if not restore:
+        state.data["stages"][plan.name] = {"status": "running", "trials": {}}
+        if not paths.remote and os.path.isdir(stage_dir):
+            shutil.rmtree(stage_dir)                # a start that never got going
+    run = StageRun(plan, recorder, state, meta, cache_dir=os.path.join(paths.state, "cache"))
+    print(f"\n== stage {plan.name}: {plan.num_trials()} trial(s), {s.algorithm} search, "
+          f"{s.scheduler.type} scheduler, {r.cpus_per_trial:g} CPU / {r.gpus_per_trial:g} GPU "
+          f"per trial, {s.metric} ({s.mode})", flush=True)
+    register(key, run)
+    try:
+        if restore:
+            print(f"   continuing from {stage_dir}", flush=True)
+            tuner = tune.Tuner.restore(stage_dir, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            tuner = _tuner(plan, trainable, meta, paths, key)
+        results = tuner.fit()
+        run.reconcile(results)
+    finally:
+        register(key, None)
+    entry = state.stage(plan.name)
+    entry["best"] = run.best()
+    entry["status"] = "finished"
+    _register_best(exp, plan, recorder, entry)
+    state.save()
+    recorder.finish_stage(plan.name, "FINISHED" if entry["best"] else "FAILED")
+
+
+def _restorable(stage_dir: str, remote: bool) -> bool:
+    """A Tuner state with at least one experiment snapshot (a driver killed while the
+    Tuner was being created leaves tuner.pkl alone: that stage starts afresh)."""
+    if not tune.Tuner.can_restore(stage_dir):
+        return False
+    return remote or bool(glob.glob(os.path.join(stage_dir, "experiment_state-*.json")))
+
+
+def _register_best(exp, plan, recorder, entry) -> None:
+    sign = 1 if plan.search.mode == "max" else -1
+    by_arch = {}
+    for t in entry["trials"].values():
+        if t["status"] == "FINISHED" and t["metric"] is not None and t["checkpoint"]:
+            if t["arch"] not in by_arch or sign * t["metric"] > sign * by_arch[t["arch"]]["metric"]:
+                by_arch[t["arch"]] = t
+    entry["registered"] = {}
+    for arch, t in sorted(by_arch.items()):
+        name = names.registered_model_name(exp.name, arch)
+        alias = names.stage_alias(plan.name)
+        try:
+            version = recorder.register_best(plan.name, t["run_id"], name, alias)
+            entry["registered"][arch] = f"models:/{name}@{alias} (version {version.version})"
+        except Exception as exc:            # noqa: BLE001 - the results stand without it
+            print(f"warning: registering {name}@{alias} failed: {exc}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- all stages
+
+def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
+    import ray
+    state = SweepState(os.path.join(paths.state, "sweep.json"))
+    fp = fingerprint(exp)
+    old = state.data.get("fingerprint") or {}
+    changed = [n for n in fp if n in old and old[n] != fp[n]]
+    if changed:
+        print(f"{args.file}: the search space of stage(s) {', '.join(changed)} differs from the "
+              "sweep being resumed; resume with the same file and --set, or use --restart",
+              file=sys.stderr)
+        return 2
+    state.data.update(fingerprint=fp, name=exp.name, file=exp.file)
+    state.save()
+    try:
+        init_files = _init_files(plans, recorder, os.path.join(paths.state, "cache"))
+    except (OSError, ValueError, MlflowException) as exc:   # a missing file, run, model or alias
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{args.file}: train.init: {first}", file=sys.stderr)
+        return 2
+    refs = {key: ray.put(bundle.to_arrays()) for key, bundle in bundles.items()}
+    skipped = []
+    for plan in plans:
+        entry = state.stage(plan.name)
+        if entry.get("status") == "finished":
+            print(f"\n== stage {plan.name}: finished earlier, not rerun", flush=True)
+            continue
+        reason = _blocked(plan, state)
+        if reason:
+            print(f"\n== stage {plan.name}: skipped: {reason}", flush=True)
+            skipped.append((plan.name, reason))
+            continue
+        _run_stage(plan, exp, paths, args, recorder, state, refs, init_files)
+    return _summary(exp, plans, paths, recorder, state, skipped)
+
+
+def _summary(exp, plans, paths, recorder, state, skipped) -> int:
+    print("\n== results", flush=True)
+    failed, empty = [], []
+    for plan in plans:
+        entry = state.data["stages"].get(plan.name) or {}
+        if entry.get("status") != "finished":
+            continue
+        trials = entry["trials"].values()
+        failed += [(plan.name, t) for t in trials if t["status"] == "FAILED"]
+        counts = (f"{len(trials)} trial(s): {sum(t['status'] == 'FINISHED' for t in trials)} finished "
+                  f"({sum(bool(t['stopped_early']) for t in trials)} stopped early), "
+                  f"{sum(t['status'] == 'FAILED' for t in trials)} failed")
+        best = entry.get("best")
+        if not best:
+            empty.append(plan.name)
+            print(f"stage {plan.name}: no finished trial; {counts}")
+            continue
+        metric = plan.search.metric
+        print(f"stage {plan.name}: best trial {best['trial_id']}: {metric} {fmt(best['metric'])} "
+              f"at epoch {best['best_epoch']} of {best['epochs']}; {counts}")
+        if best["values"]:
+            print("  config:     " + "  ".join(f"{k}={fmt(v)}" for k, v in best["values"].items()))
+        print(f"  checkpoint: {best['checkpoint']}")
+        print(f"  MLflow run: {best['run_id']}"
+              + "".join(f"; registered {v}" for v in (entry.get("registered") or {}).values()))
+        print(f"  evaluate:   python -m sweep.evaluate {best['checkpoint']}")
+    for name, reason in skipped:
+        print(f"stage {name}: skipped: {reason}")
+    if failed:
+        print(f"failed trials ({len(failed)}):")
+        for stage, t in failed:
+            print(f"  {stage} {t['trial_id']}: {t['failure']}: {t['error']}")
+    ui = store.ui_command(paths.mlflow)
+    base = "http://127.0.0.1:5000" if ui else paths.mlflow
+    if ui:
+        print(f"MLflow UI:  {ui}")
+    print(f"  open {store.experiment_link(base, recorder.experiment_id)}", flush=True)
+    return 1 if (failed or skipped or empty) else 0

@@ -1,0 +1,105 @@
+"""The Ray Tune function trainable: one trial, built from its ``config`` alone.
+
+``config["tree"]`` is the trial's concrete ``{data, model, quant, train}`` tree (see
+``sweep.plan``); ``config["_sweep"]`` holds what the driver settled for the stage:
+``stage``, ``metric``, ``mode``, ``init_candidates`` (the finished
+trials of earlier stages, for ``train.init: {best_of: ...}``) and ``init_files``
+(``runs:/``, ``models:/`` and path sources already resolved to local files). The
+datasets come as object-store references (``data_refs``, put once by the driver and
+bound with ``tune.with_parameters``), keyed by ``data_key(cfg.data)``.
+
+Each epoch is reported once: ``tune.report(metrics, checkpoint=...)`` with a folder
+holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``.
+``is_best`` (1 or 0) is the checkpoint score, so Ray keeps the best epoch's checkpoint
+(and the latest). A restart resumes from ``tune.get_checkpoint()``. A NaN/inf loss is
+not retried: the trial reports ``failure: nan_loss`` and returns.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+
+from sweep.config import TrialConfig, resolve_trial
+from sweep.tune.lineage import data_key, init_source
+
+__all__ = ["train_trial", "CHECKPOINT_FILE", "BITS_FILE", "METRIC_KEYS"]
+
+CHECKPOINT_FILE = "model.pt"
+BITS_FILE = "bits.json"
+# What the driver logs to MLflow each epoch (plus every "alpha/..." key).
+METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+               "epoch_time_s")
+
+log = logging.getLogger(__name__)
+
+
+def _bundle(cfg: TrialConfig, data_refs):
+    key = data_key(cfg.data)
+    if data_refs and key in data_refs:
+        import ray
+        from sweep.train.data import DataBundle
+        return DataBundle.from_arrays(ray.get(data_refs[key]))
+    from sweep.train.data import load_data
+    return load_data(cfg.data)          # a sampled data config the driver could not list
+
+
+def _resume(trainer, checkpoint) -> None:
+    """Continue from Ray's checkpoint; if it cannot be read (deleted or half-written
+    after a killed driver), start over: replayed epochs are not logged twice."""
+    try:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state(os.path.join(folder, CHECKPOINT_FILE))
+    except Exception as exc:        # noqa: BLE001 - any unreadable checkpoint
+        log.warning("cannot resume from %s (%s); training from the start", checkpoint, exc)
+
+
+def train_trial(config: dict, data_refs: dict | None = None) -> None:
+    """The trainable (module level, reads only ``config``; ``data_refs`` is bound by
+    ``tune.with_parameters``)."""
+    import torch
+    from ray import tune
+    from sweep.train.bits import layer_bits
+    from sweep.train.engine import NonFiniteLoss, Trainer
+
+    meta = config["_sweep"]
+    metric, mode = meta["metric"], meta["mode"]
+    # the CPUs Ray gave this trial (resources may change on --resume), at least one thread
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg = resolve_trial(config["tree"])
+    init_path, _, problem = init_source(cfg, meta)
+    if problem:
+        tune.report({"epoch": 0, metric: float("nan"), "failure": "init_missing", "error": problem})
+        return
+    trainer = Trainer(cfg, data=_bundle(cfg, data_refs), metric=metric, mode=mode,
+                      init_path=init_path, log=log.info)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        _resume(trainer, checkpoint)
+    bits = layer_bits(trainer.model)
+    first_step = time.time()
+
+    def on_epoch(metrics: dict, tr) -> None:
+        best = tr.best or {}
+        result = {k: v for k, v in metrics.items() if k != "is_best"}
+        result.update(is_best=int(bool(metrics.get("is_best"))), best_epoch=best.get("epoch", 0),
+                      best_metric=best.get(metric, float("nan")), first_step_unix=first_step)
+        with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
+            tr.save(os.path.join(folder, CHECKPOINT_FILE))
+            with open(os.path.join(folder, BITS_FILE), "w") as fh:
+                json.dump(bits, fh, indent=1, sort_keys=True)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    if trainer.history and trainer.epoch >= cfg.train.epochs:
+        on_epoch(trainer.history[-1], trainer)   # restored at its end: say so again
+        return
+    try:
+        trainer.run(on_epoch)
+    except NonFiniteLoss as exc:
+        best = trainer.best or {}
+        tune.report({"epoch": trainer.epoch + 1, metric: float("nan"), "failure": "nan_loss",
+                     "error": str(exc), "is_best": 0, "best_epoch": best.get("epoch", 0),
+                     "best_metric": best.get(metric, float("nan")), "first_step_unix": first_step})

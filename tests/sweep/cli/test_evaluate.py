@@ -1,0 +1,67 @@
+"""python -m sweep.evaluate on the real reference checkpoints and on the project's own."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from sweep.cli import evaluate
+from tests.conftest import REPO
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "sweep.evaluate", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_reference_w4a4_checkpoint_scores_784_of_846(apot_ckpt_dir, cifar_npz):
+    proc = _run(apot_ckpt_dir / "w4a4_model_best.pth.tar", "--arch", "resnet20", "--w-bits", 4,
+                "--a-bits", 4, "--scheme", "apot", "--dataset", "npz", "--data-path", cifar_npz, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["correct"], out["total"]) == (784, 846)
+    assert out["accuracy"] == pytest.approx(100 * 784 / 846)
+    assert len(out["alphas"]) == 40 and out["alphas"]["act/layer1.0.conv1"] > 0
+
+
+def test_reference_fp32_checkpoint_scores_800_of_846(apot_ckpt_dir, cifar_npz, capsys):
+    rc = evaluate.main([str(apot_ckpt_dir / "fp32_model_best.pth.tar"), "--arch", "resnet20",
+                        "--w-bits", "32", "--a-bits", "32", "--scheme", "apot", "--dataset", "npz",
+                        "--data-path", str(cifar_npz), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["correct"], out["total"]) == (800, 846)
+    assert out["alphas"] == {}
+
+
+def test_reference_checkpoint_without_model_flags_exits_2(apot_ckpt_dir, cifar_npz, capsys):
+    rc = evaluate.main([str(apot_ckpt_dir / "w4a4_model_best.pth.tar"), "--dataset", "npz",
+                        "--data-path", str(cifar_npz)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "is a reference checkpoint" in err and "--arch, --w-bits, --a-bits, --scheme" in err
+
+
+def test_corrupt_checkpoint_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    proc = _run(bad, "--dataset", "synthetic")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and "broken.pt: is truncated or corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_project_checkpoint_needs_no_flags(tmp_path, capsys):
+    m = models.build_model("resnet20", w_bits=3, a_bits=3, scheme="uniform")
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    path = models.save_checkpoint(
+        tmp_path / "best.pt", m, model_cfg={"arch": "resnet20", "num_classes": 10, "in_channels": 3},
+        quant_cfg={"w_bits": 3, "a_bits": 3, "scheme": "uniform"},
+        data_cfg={"dataset": "synthetic", "mean": mean, "std": std,
+                  "synthetic": {"train_size": 64, "test_size": 40}})
+    assert evaluate.main([str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"] == 40 and out["quant"]["scheme"] == "uniform"
+    assert len(out["alphas"]) == 40

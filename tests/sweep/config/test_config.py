@@ -1,0 +1,353 @@
+"""sweep.config / sweep.space: loading, precedence, distributions, and every config error
+asserted by its message and key path."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sweep.config import (ConfigError, InitFrom, TrialConfig, expand_variants, flatten,
+                          get_dotted, load_experiment, resolve_trial, set_dotted)
+from sweep.config.space import (Choice, Grid, LogUniform, QUniform, RandInt, Uniform,
+                         has_distributions, parse_distribution)
+
+REALISTIC = """
+name: ngrid_z_resnet56_cifar100
+data:
+  dataset: cifar100
+  root: ./data
+  val_fraction: 0.1
+model:
+  arch: resnet56
+quant:
+  w_bits: 2
+  a_bits: 2
+  scheme: apot
+  layers:
+    "layer3.*": {a_bits: 3}
+    "*.downsample.0": {w_bits: 4, scheme: uniform}
+train:
+  epochs: 200
+  batch_size: 128
+  lr: 0.04
+  weight_decay: 1e-4
+  seed: 0
+search:
+  algorithm: grid
+  num_samples: 1
+  scheduler: {type: asha, grace_period: 10, reduction_factor: 3}
+  variants:
+    - {quant.scheme: apot}
+    - {quant.scheme: ngrid, quant.z: {grid: [1, 2, 4, 10, 20]}}
+resources:
+  cpus_per_trial: 2
+  gpus_per_trial: 0.25
+"""
+
+STAGED = """
+name: progressive
+model: {arch: resnet20}
+train: {epochs: 5, lr: 0.04}
+stages:
+  - name: fp32
+    set: {quant.w_bits: 32, quant.a_bits: 32, train.lr: 0.1, train.weight_decay: 5.0e-4}
+  - name: w4a4
+    set: {quant.w_bits: 4, quant.a_bits: 4, train.init: {best_of: fp32}}
+  - name: w2a2
+    set: {quant.w_bits: 2, quant.a_bits: 2, train.weight_decay: 3.0e-5, train.init: {best_of: w4a4}}
+"""
+
+
+def write(tmp_path, text, name="x.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(tmp_path, text, overrides=()):
+    return load_experiment(write(tmp_path, text), list(overrides), cwd=str(tmp_path))
+
+
+def minimal(**sections):
+    """A small valid file with some sections replaced (YAML flow mappings)."""
+    lines = ["name: t"] + [f"{k}: {v}" for k, v in sections.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- loading
+
+def test_realistic_file(tmp_path):
+    exp = load(tmp_path, REALISTIC)
+    assert exp.name == "ngrid_z_resnet56_cifar100"
+    assert exp.file == str(tmp_path / "x.yaml")
+    assert [s.name for s in exp.stages] == ["main"]
+    assert exp.search.scheduler.type == "asha" and exp.search.scheduler.grace_period == 10
+    assert exp.resources.gpus_per_trial == 0.25 and exp.tracking.mlflow_uri is None
+    arms = exp.trial_spaces("main")
+    assert len(arms) == 2
+    assert arms[0]["quant"]["scheme"] == "apot" and arms[0]["quant"]["z"] is None
+    assert arms[1]["quant"]["z"] == Grid((1.0, 2.0, 4.0, 10.0, 20.0))
+    assert exp.has_distributions(arms[1]) and not exp.has_distributions(arms[0])
+    cfg = resolve_trial(arms[0])
+    assert cfg.train.weight_decay == 1e-4 and cfg.data.root == str(tmp_path / "data")
+    assert cfg.quant.act_scheme == "apot"
+    assert [l.pattern for l in cfg.quant.layers] == ["layer3.*", "*.downsample.0"]
+    assert cfg.quant.for_layer("layer3.0.downsample.0") == (4, 3, "uniform")
+
+
+def test_trial_roundtrip_and_flatten(tmp_path):
+    exp = load(tmp_path, REALISTIC)
+    tree = exp.trial_spaces("main")[1]
+    set_dotted(tree, "quant.z", 4)                       # what Ray substitutes
+    cfg = resolve_trial(tree)
+    assert isinstance(cfg, TrialConfig) and cfg.quant.z == 4.0
+    plain = json.loads(json.dumps(cfg.to_dict()))
+    assert resolve_trial(plain) == cfg
+    flat = cfg.flatten()
+    assert flat["quant.layers.layer3._.a_bits"] == 3
+    assert flat["quant.layers._.downsample.0.scheme"] == "uniform"
+    assert flat["train.lr"] == 0.04 and flat["quant.z"] == 4.0
+    assert not any("*" in k or "[" in k for k in flat)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_resolve_trial_defaults_and_extra_sections():
+    cfg = resolve_trial({"quant": {"w_bits": 4, "a_bits": 4}, "search": {"whatever": 1}})
+    assert cfg.train.epochs == 200 and cfg.train.milestones == (150, 225)
+    assert cfg.model.arch == "resnet20" and cfg.data.synthetic.train_size == 2048
+    with pytest.raises(ConfigError, match="distribution") as err:
+        resolve_trial({"quant": {"z": Grid((1.0,)), "scheme": "ngrid", "w_bits": 2}})
+    assert err.value.key == "quant.z"
+
+
+def test_precedence(tmp_path):
+    text = """
+    name: prec
+    train: {lr: 0.2, epochs: 7, batch_size: 64}
+    stages:
+      - name: a
+        set: {train.lr: 0.3, train.epochs: 9}
+    """
+    exp = load(tmp_path, text, ["train.epochs=11"])
+    tree = exp.stage_tree("a")
+    assert get_dotted(tree, "train.momentum") == 0.9          # default
+    assert get_dotted(tree, "train.batch_size") == 64         # file
+    assert get_dotted(tree, "train.lr") == 0.3                # stage set over file
+    assert get_dotted(tree, "train.epochs") == 11             # --set over stage set
+    assert exp.base["train"]["lr"] == 0.2                     # base is the file's (+ --set)
+
+
+def test_set_wins_over_arm_and_stage_over_file_arm(tmp_path):
+    text = REALISTIC.replace("- {quant.scheme: apot}", "- {quant.scheme: apot, train.lr: 0.5}")
+    exp = load(tmp_path, text, ["train.lr=0.01"])
+    assert [t["train"]["lr"] for t in exp.trial_spaces("main")] == [0.01, 0.01]
+
+
+def test_stages(tmp_path):
+    exp = load(tmp_path, STAGED)
+    assert [s.name for s in exp.stages] == ["fp32", "w4a4", "w2a2"]
+    cfg = resolve_trial(exp.trial_spaces("w2a2")[0])
+    assert cfg.train.init == InitFrom("w4a4") and cfg.train.weight_decay == 3e-5
+    assert exp.stage("fp32").overrides["train.weight_decay"] == 5e-4
+
+
+def test_number_like_strings(tmp_path):
+    exp = load(tmp_path, minimal(train="{weight_decay: 1e-4, lr: 5.0e-4, alpha_weight_decay: 3e-5}"))
+    train = exp.base["train"]
+    assert (train["weight_decay"], train["lr"], train["alpha_weight_decay"]) == (1e-4, 5e-4, 3e-5)
+    assert isinstance(train["weight_decay"], float)
+
+
+def test_relative_paths_made_absolute(tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes(b"x")
+    (tmp_path / "d.npz").write_bytes(b"x")
+    exp = load(tmp_path, minimal(data="{dataset: npz, path: d.npz, root: ../data}",
+                                 train="{init: ckpt.pt}"))
+    assert exp.base["data"]["path"] == str(tmp_path / "d.npz")
+    assert exp.base["data"]["root"] == os.path.normpath(str(tmp_path / "../data"))
+    assert exp.base["train"]["init"] == str(tmp_path / "ckpt.pt")
+    exp = load(tmp_path, minimal(), ["train.init=runs:/abc123", "data.root=/abs/data"])
+    assert exp.base["train"]["init"] == "runs:/abc123" and exp.base["data"]["root"] == "/abs/data"
+
+
+def test_npz_that_exists(tmp_path, cifar_npz):
+    exp = load(tmp_path, minimal(data=f"{{dataset: npz, path: {cifar_npz}}}"))
+    assert exp.base["data"]["path"] == str(cifar_npz)
+
+
+def test_every_distribution(tmp_path):
+    text = minimal(
+        quant="{w_bits: {grid: [2, 3, 4]}, a_bits: {choice: [2, 4]}, z: null}",
+        train="{lr: {loguniform: [1e-3, 0.1]}, momentum: {uniform: [0.8, 0.95]}, "
+              "epochs: {randint: [2, 4]}, weight_decay: {quniform: [0, 1e-3, 1e-4]}}")
+    exp = load(tmp_path, text, ["train.seed={choice: [0, 1]}"])
+    q, t = exp.base["quant"], exp.base["train"]
+    assert q["w_bits"] == Grid((2, 3, 4)) and q["a_bits"] == Choice((2, 4))
+    assert t["lr"] == LogUniform(1e-3, 0.1) and t["momentum"] == Uniform(0.8, 0.95)
+    assert t["epochs"] == RandInt(2, 4) and t["epochs"].candidates() == [2, 3, 4]
+    assert t["weight_decay"] == QUniform(0.0, 1e-3, 1e-4) and t["seed"] == Choice((0, 1))
+    for dist in (q["w_bits"], t["lr"], t["epochs"]):
+        assert pickle.loads(pickle.dumps(dist)) == dist
+    assert has_distributions(exp.base) and parse_distribution({"layers": 1}) is None
+
+
+def test_expand_variants():
+    tree = {"quant": {"scheme": "apot", "w_bits": 2}}
+    assert expand_variants(tree, None) == [tree]
+    arms = expand_variants(tree, [{"quant.scheme": "pot"}, {"quant.w_bits": 3}])
+    assert arms == [{"quant": {"scheme": "pot", "w_bits": 2}}, {"quant": {"scheme": "apot", "w_bits": 3}}]
+    assert flatten({"a": {"b": 1, "c": [1]}}) == {"a.b": 1, "a.c": [1]}
+
+
+# ---------------------------------------------------------------- errors
+
+ERRORS = [
+    # (file sections or override, match, key)
+    ({"train": "{lerning_rate: 0.1}"}, r"unknown key; did you mean train\.lr\?", "train.lerning_rate"),
+    ({"trian": "{lr: 0.1}"}, r"did you mean train\?", "trian"),
+    ({"quant": "{w_bits: four}"}, "expected an integer, got 'four'", "quant.w_bits"),
+    ({"train": "{nesterov: 1}"}, "expected true or false", "train.nesterov"),
+    ({"train": "{epochs: true}"}, "expected an integer, got True", "train.epochs"),
+    ({"quant": "{w_bits: 6}"}, r"w_bits=6 is not supported; weights take 2, 3, 4, 5 bits", "quant.w_bits"),
+    ({"quant": "{w_bits: {grid: [2, 3, 6]}}"}, "w_bits=6 is not supported", "quant.w_bits"),
+    ({"quant": "{w_bits: 3, scheme: ngrid, z: 2}"}, "'ngrid' is a 2-bit weight grid; got w_bits=3", "quant.w_bits"),
+    ({"quant": "{w_bits: 2, scheme: ngrid, z: 0}"}, "Z must be a real number > 0", "quant.z"),
+    ({"quant": "{w_bits: 2, scheme: ngrid, z: {grid: [1, -2]}}"}, "z=-2", "quant.z"),
+    ({"quant": "{w_bits: 2, scheme: ngrid}"}, "needs quant.z", "quant.z"),
+    ({"quant": "{w_bits: 2, scheme: apot, z: 2}"}, "belongs to scheme 'ngrid' only", "quant.z"),
+    ({"quant": "{w_bits: 2, scheme: apot, layers: {'layer2.*': {w_bits: 3, scheme: ngrid}}, z: 1}"},
+     "2-bit weight grid; got w_bits=3", "quant.layers.layer2.*.w_bits"),
+    ({"quant": "{layers: {'layer2.*': {bits: 3}}}"}, r"unknown key; did you mean w_bits\?", "quant.layers.layer2.*.bits"),
+    ({"quant": "{layers: {'layer 2': {w_bits: 3}}}"}, "is not a layer glob", "quant.layers.layer 2"),
+    ({"quant": "{layers: {'layer2.*': 3}}"}, "non-empty mapping with w_bits", "quant.layers.layer2.*"),
+    ({"quant": "{layers: {'layer2.*': {a_bits: 7}}}"}, "a_bits=7 is not supported", "quant.layers.layer2.*.a_bits"),
+    ({"quant": "{act_scheme: ngrid}"}, "weight-only grid", "quant.act_scheme"),
+    ({"quant": "{first_last_bits: 1}"}, "2 to 8 bits, or 32", "quant.first_last_bits"),
+    ({"quant": "{w_bits: 1}"}, "per-layer bit allocation only", "quant.w_bits"),
+    ({"search": "{algorithm: optuna}", "train": "{lr: {grid: [0.1, 0.2]}}"},
+     r"grid cannot be used with search.algorithm: optuna.*\{choice: \[\.\.\.\]\}", "train.lr"),
+    ({"search": "{variants: []}"}, "empty list has no arms", "search.variants"),
+    ({"search": "{variants: [{quant.scheme: pot}, {}]}"}, "non-empty mapping", "search.variants[1]"),
+    ({"search": "{variants: [{quant.scheme: ngrid, quant.w_bits: 2, quant.z: {grid: [1, -2]}}]}"},
+     "z=-2", "search.variants[0].quant.z"),
+    ({"search": "{variants: [{search.seed: 1}]}"}, "cannot be set here", "search.variants[0].search.seed"),
+    ({"train": "{lr: {grid: []}}"}, "grid takes a non-empty list", "train.lr"),
+    ({"quant": "{layers: {choice: [{'layer1.*': {w_bits: {grid: [3, 4]}}}]}}"},
+     "must be plain values, not distributions", "quant.layers"),
+    ({"search": "{num_samples: {grid: [1, 2]}}"}, "only allowed in data", "search.num_samples"),
+    ({"train": "{epochs: {uniform: [1, 10]}}"}, r"uniform samples real numbers.*randint", "train.epochs"),
+    ({"train": "{epochs: {randint: [10, 2]}}"}, "randint takes .* got lo=10 > hi=2", "train.epochs"),
+    ({"train": "{lr: {loguniform: [0, 0.1]}}"}, "loguniform takes .*0 < lo", "train.lr"),
+    ({"train": "{lr: {uniform: [0, 0.1]}}"}, "must be > 0, got 0.0", "train.lr"),
+    ({"data": "{dataset: cifar}"}, "unknown dataset 'cifar'; did you mean cifar10", "data.dataset"),
+    ({"data": "{dataset: npz}"}, "data.dataset: npz needs data.path", "data.path"),
+    ({"data": "{dataset: npz, path: missing.npz}"}, "missing.npz does not exist", "data.path"),
+    ({"data": "{val_fraction: 1.0}"}, r"must be in \[0, 1\), got 1.0", "data.val_fraction"),
+    ({"model": "{arch: resnt20}"}, "unknown model 'resnt20'; did you mean resnet20", "model.arch"),
+    ({"train": "{init: missing.pt}"}, "missing.pt does not exist", "train.init"),
+    ({"train": "{init: {best_of: fp32}}"}, "not a stage of this file", "train.init"),
+    ({"train": "{device: gpu}"}, "expected auto, cpu, cuda or cuda:N", "train.device"),
+    ({"train": "{compile: yes please}"}, "expected true, false or auto", "train.compile"),
+    ({"search": "{scheduler: {type: asha, reduction_factor: 1}}"}, "must be > 1", "search.scheduler.reduction_factor"),
+    ({"search": "{scheduler: {type: fifo, grace_period: 3}}"}, "only type: asha", "search.scheduler.grace_period"),
+]
+
+
+@pytest.mark.parametrize("sections,match,key", ERRORS, ids=[e[2] for e in ERRORS])
+def test_file_errors(tmp_path, sections, match, key):
+    with pytest.raises(ConfigError, match=match) as err:
+        load(tmp_path, minimal(**sections))
+    assert err.value.key == key
+    assert err.value.file == str(tmp_path / "x.yaml")
+    assert str(err.value).startswith(f"{tmp_path / 'x.yaml'}: {key}: ")
+
+
+def test_error_message_reads_file_key_message(tmp_path):
+    (tmp_path / "search_spaces").mkdir()
+    write(tmp_path, minimal(quant="{w_bits: 6}"), "search_spaces/x.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_experiment("search_spaces/x.yaml", cwd=str(tmp_path))
+    assert str(err.value).startswith("search_spaces/x.yaml: quant.w_bits: w_bits=6 is not supported; "
+                                     "weights take 2, 3, 4, 5 bits")
+    assert pickle.loads(pickle.dumps(err.value)).key == "quant.w_bits"
+
+
+@pytest.mark.parametrize("stages,match,key", [
+    ("[{name: a, set: {train.init: {best_of: b}}}, {name: b}]",
+     "'b' is not a stage before 'a'", "stages[0].set.train.init"),
+    ("[{name: a}, {name: b, set: {train.init: {best_of: c}}}]",
+     "'c' is not a stage of this file; stages before 'b': a", "stages[1].set.train.init"),
+    ("[{name: a}, {name: a}]", "already used by stages\\[0\\]", "stages[1].name"),
+    ("[{name: a, set: {quant.z: 2}}]", "belongs to scheme 'ngrid' only", "stages[0].set.quant.z"),
+    ("[{name: a, set: {quant: {w_bits: 6}}}]", "w_bits=6", "stages[0].set.quant.w_bits"),
+    ("[{name: 'a b'}]", "letters, digits", "stages[0].name"),
+    ("[{name: a, sets: {}}]", "did you mean set", "stages[0].sets"),
+    ("[{name: a, set: {tracking.mlflow_uri: x}}]", "cannot be set here", "stages[0].set.tracking.mlflow_uri"),
+    ("[]", "non-empty list", "stages"),
+])
+def test_stage_errors(tmp_path, stages, match, key):
+    with pytest.raises(ConfigError, match=match) as err:
+        load(tmp_path, minimal(stages=stages))
+    assert err.value.key == key
+
+
+@pytest.mark.parametrize("override,match,key", [
+    ("train.lr0.01", "expected key=value", "train.lr0.01"),
+    ("=3", "expected key=value", "=3"),
+    ("train.lr=abc", "expected a number, got 'abc'", "train.lr"),
+    ("quant.z={grid: [1, -2]}", "z=-2", "quant.z"),
+    ("quant.w_bits=3", "2-bit weight grid", "quant.w_bits"),
+    ("train.lerning_rate=0.1", r"did you mean train\.lr\?", "train.lerning_rate"),
+    ("stages=[]", "cannot be set from the command line", "stages"),
+    ("name=a/b", "letters, digits", "name"),
+])
+def test_override_errors(tmp_path, override, match, key):
+    with pytest.raises(ConfigError, match=match) as err:
+        load(tmp_path, minimal(quant="{w_bits: 2, scheme: ngrid, z: 1}"), [override])
+    assert err.value.key == key and err.value.file == "--set"
+
+
+def test_overrides_parse_yaml(tmp_path):
+    exp = load(tmp_path, minimal(quant="{w_bits: 2, scheme: ngrid, z: 1}"),
+               ["train.lr=0.01", "quant.z={grid: [1,2]}", "name=other", "quant={a_bits: 4}"])
+    assert exp.name == "other" and exp.base["train"]["lr"] == 0.01
+    assert exp.base["quant"]["z"] == Grid((1.0, 2.0)) and exp.base["quant"]["a_bits"] == 4
+    assert exp.overrides["train.lr"] == 0.01
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(ConfigError, match="name: is required") as err:
+        load(tmp_path, "train: {lr: 0.1}\n")
+    assert err.value.key == "name"
+    with pytest.raises(ConfigError, match="'lr' is written twice"):
+        load(tmp_path, "name: t\ntrain:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+
+
+def test_imports_without_ray_or_mlflow():
+    code = ("import sys, sweep.config; "
+            "print(sorted(m for m in ('ray', 'mlflow', 'optuna', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+    assert out.stdout.strip() == "[]"
+
+
+def test_resolve_trial_with_cwd(tmp_path):
+    cfg = resolve_trial({"data": {"dataset": "npz", "path": "d.npz"}}, cwd=str(tmp_path))
+    assert cfg.data.path == str(tmp_path / "d.npz") and cfg.data.root == str(tmp_path / "data")
+
+
+def test_layer_glob_matching_no_layer_is_refused_at_load(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\nmodel: {arch: resnet20}\n"
+                    "quant: {w_bits: 4, a_bits: 4, layers: {'layer4.*': {w_bits: 2}}}\n")
+    with pytest.raises(ConfigError, match=r"quant.layers.layer4.\*: matches no quantizable layer of "
+                                          r"resnet20; its layers are named like layer1.0.conv1") as e:
+        load_experiment(path)
+    assert e.value.key == "quant.layers.layer4.*"

@@ -1,0 +1,224 @@
+"""The sweep runner without a cluster: plans (arms, trial counts, Ray's and Optuna's view
+of the space), --dry-run of every shipped file, config errors before Ray or MLflow,
+choosing the init checkpoint, bits labels, the progress table, --restart."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sweep.config import InitFrom, load_experiment, resolve_trial
+from sweep.tune.plan import _define_by_run, plan_stage, ray_space
+from sweep.tune.progress import ProgressTable, fmt
+from sweep.tune.lineage import pick_init
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def test_search_spaces_are_shipped():
+    names = {p.name for p in SPACES}
+    assert {"smoke.yaml", "ngrid_z.yaml", "apot_vs_uniform.yaml", "progressive_resnet20.yaml",
+            "lr_wd_optuna.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_every_search_space_passes_dry_run(path, tmp_path, monkeypatch, capsys):
+    from sweep.cli.run import main
+    monkeypatch.chdir(tmp_path)
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was started" in out and "resources per trial" in out
+    assert list(tmp_path.iterdir()) == []            # no sweeps folder, no mlflow.db
+
+
+def test_ngrid_z_arms_count_their_own_grids(tmp_path):
+    exp = load_experiment(REPO / "search_spaces" / "ngrid_z.yaml", cwd=str(tmp_path))
+    assert [s.name for s in exp.stages] == ["fp32", "w2a2"]
+    fp32, w2a2 = plan_stage(exp, "fp32"), plan_stage(exp, "w2a2")
+    assert fp32.num_trials() == 1 and w2a2.num_trials() == 6        # 1 apot + 5 ngrid
+    trees = w2a2.expand_grid()
+    assert [(t["quant"]["scheme"], t["quant"]["z"]) for t in trees] == [
+        ("apot", None), ("ngrid", 1.0), ("ngrid", 2.0), ("ngrid", 4.0), ("ngrid", 10.0), ("ngrid", 20.0)]
+    assert w2a2.searched == ["quant.scheme", "quant.z"]
+    assert w2a2.init == {"best_of": "fp32", "match": []}
+    cfg = resolve_trial(trees[3])
+    assert (cfg.quant.w_bits, cfg.quant.a_bits, cfg.train.lr, cfg.train.weight_decay) == (2, 2, 0.04, 1e-4)
+    cfg = resolve_trial(fp32.expand_grid()[0])
+    assert (cfg.quant.w_bits, cfg.train.lr, cfg.train.weight_decay) == (32, 0.1, 5e-4)
+
+
+def test_ray_expands_each_arm_with_its_own_grid(tmp_path):
+    """The nested grid_search the Tuner gets yields exactly the trees of the plan."""
+    from ray.tune.search.variant_generator import generate_variants
+    exp = load_experiment(REPO / "search_spaces" / "apot_vs_uniform.yaml", cwd=str(tmp_path))
+    plan = plan_stage(exp, "quantized")
+    got = [spec["tree"] for _, spec in generate_variants(ray_space(plan))]
+    want = plan.expand_grid()
+    assert len(got) == plan.num_trials() == 8
+    key = lambda t: json.dumps(t, sort_keys=True, default=str)    # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want))
+
+
+def test_optuna_define_by_run_picks_an_arm_and_its_space(tmp_path):
+    import optuna
+    path = tmp_path / "o.yaml"
+    path.write_text(textwrap.dedent("""
+        name: o
+        data: {dataset: synthetic}
+        train: {lr: {loguniform: [0.01, 0.2]}}
+        search:
+          algorithm: optuna
+          num_samples: 3
+          variants:
+            - {quant.w_bits: 4, quant.a_bits: 4}
+            - {quant.w_bits: 2, quant.a_bits: 2, quant.scheme: ngrid, quant.z: {choice: [1, 2]}}
+    """))
+    plan = plan_stage(load_experiment(path, cwd=str(tmp_path)), "main")
+    assert plan.num_trials() == 6
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        cfg = resolve_trial(_define_by_run(trial, plan.arm_trees)["tree"])
+        assert 0.01 <= cfg.train.lr <= 0.2
+        assert (cfg.quant.z in (1, 2)) == (cfg.quant.scheme == "ngrid")
+        seen.add(cfg.quant.w_bits)
+        study.tell(trial, 1.0)
+    assert seen == {2, 4}
+
+
+def _candidate(stage, trial_id, metric, arch="resnet20", scheme="apot", dataset="synthetic"):
+    tree = {"data": {"dataset": dataset}, "model": {"arch": arch}, "quant": {"scheme": scheme}}
+    return {"stage": stage, "trial_id": trial_id, "run_id": f"run-{trial_id}", "metric": metric,
+            "checkpoint": f"/x/{trial_id}/model.pt", "config": resolve_trial(tree).to_dict(), "bits": "FP32"}
+
+
+def test_pick_init_matches_model_data_and_match_keys():
+    cands = [_candidate("fp32", "a", 50.0), _candidate("fp32", "b", 70.0),
+             _candidate("fp32", "c", 90.0, arch="resnet32"), _candidate("other", "d", 99.0),
+             _candidate("fp32", "e", 95.0, dataset="cifar10"),
+             _candidate("fp32", "f", 60.0, scheme="uniform")]
+    cfg = resolve_trial({"data": {"dataset": "synthetic"}, "model": {"arch": "resnet20"},
+                         "quant": {"w_bits": 4, "a_bits": 4, "scheme": "apot"}})
+    assert pick_init(cfg, InitFrom("fp32"), cands, "max")["trial_id"] == "b"
+    assert pick_init(cfg, InitFrom("fp32"), cands, "min")["trial_id"] == "a"
+    assert pick_init(cfg, InitFrom("fp32", ("quant.scheme",)), cands[:2] + cands[5:], "max")["trial_id"] == "b"
+    uni = resolve_trial({"data": {"dataset": "synthetic"}, "quant": {"scheme": "uniform", "w_bits": 4, "a_bits": 4}})
+    assert pick_init(uni, InitFrom("fp32", ("quant.scheme",)), cands, "max")["trial_id"] == "f"
+    assert pick_init(cfg, InitFrom("nothing"), cands, "max") is None
+
+
+def test_bits_labels():
+    from models.registry import build_model
+    from sweep.train.bits import bits_label, layer_bits
+    assert bits_label(build_model("resnet20")) == "FP32"
+    assert bits_label(build_model("resnet20", w_bits=4, a_bits=4)) == "W4A4"
+    mixed = build_model("resnet20", w_bits=2, a_bits=2, layers={"layer3.*": {"a_bits": 4}})
+    label = bits_label(mixed)
+    assert label.startswith("MIXED(w2.00,a") and label.endswith(")")
+    bits = layer_bits(mixed)
+    assert bits["layer3.0.conv1"]["a_bits"] == 4 and bits["layer1.0.conv1"]["a_bits"] == 2
+    assert bits["conv1"]["w_bits"] == 8 and bits["fc"]["w_bits"] == 8
+
+
+def test_progress_table_rows(capsys):
+    table = ProgressTable("val_acc", "max", ["train.lr"])
+    table.row("abc_00000", {"train.lr": 0.05}, "RUNNING")
+    table.row("abc_00000", {"train.lr": 0.05}, "RUNNING", 1, 42.1875)
+    table.row("abc_00000", {"train.lr": 0.05}, "RUNNING", 2, 40.0)
+    table.row("abc_00000", {"train.lr": 0.05}, "STOPPED", 2, 40.0, "(ASHA)")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["trial", "train.lr", "status", "epoch", "val_acc", "best"]
+    assert lines[3].split() == ["abc_00000", "0.05", "RUNNING", "2", "40", "42.19"]
+    assert lines[4].endswith("(ASHA)")
+    assert fmt(float("nan")) == "nan" and fmt(1e-5) == "1e-05" and fmt(None) == "-"
+
+
+# Malformed files and overrides: exit 2 with one message naming the key, before Ray or
+# MLflow is imported, leaving nothing behind. All cases run in one Python process.
+BAD = [
+    ("unknown key", "train: {lrr: 0.1}", [], "train.lrr: unknown key; did you mean train.lr?"),
+    ("wrong type", "train: {epochs: many}", [], "train.epochs: expected an integer"),
+    ("unsupported bits", "quant: {w_bits: 7, a_bits: 4}", [], "quant.w_bits"),
+    ("ngrid at 3 bits", "quant: {w_bits: 3, a_bits: 3, scheme: ngrid, z: 2}", [], "quant.w_bits"),
+    ("z <= 0", "quant: {w_bits: 2, a_bits: 2, scheme: ngrid, z: 0}", [], "quant.z"),
+    ("grid with optuna", "search: {algorithm: optuna}\ntrain: {lr: {grid: [0.1, 0.2]}}", [],
+     "train.lr: grid cannot be used with search.algorithm: optuna"),
+    ("empty variants", "search: {variants: []}", [], "search.variants: an empty list has no arms"),
+    ("unknown dataset", "data: {dataset: imagenet21k}", [], "data.dataset: unknown dataset"),
+    ("missing npz", "data: {dataset: npz, path: nope.npz}", [], "data.path: npz file"),
+    ("unknown stage", "stages:\n  - {name: a}\n  - {name: b, set: {train.init: {best_of: nope}}}", [],
+     "stages[1].set.train.init"),
+    ("malformed --set", "", ["--set", "train.lr"], "--set: train.lr: expected key=value"),
+    ("unknown --set key", "", ["--set", "train.learning_rate=0.1"], "train.learning_rate: unknown key"),
+    ("bad --set value", "", ["--set", "quant.a_bits=9"], "--set: quant.a_bits"),
+    ("unknown --stages", "", ["--stages", "nope"], "--stages: nope: no such stage"),
+    ("not YAML", "train: [unclosed", [], "not valid YAML"),
+]
+
+_RUN_BAD = r"""
+import contextlib, io, json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from sweep.cli.run import main
+out = []
+for case in json.loads(sys.argv[2]):
+    os.chdir(case["dir"])
+    err = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(["x.yaml", *case["args"]])
+        except SystemExit as exc:
+            rc = exc.code
+    out.append({"rc": rc, "err": err.getvalue(), "s": time.perf_counter() - t0,
+                "left": sorted(os.listdir("."))})
+print(json.dumps({"cases": out, "ray": "ray" in sys.modules, "mlflow": "mlflow" in sys.modules}))
+"""
+
+
+def test_bad_files_and_overrides_exit_2_before_ray_or_mlflow(tmp_path):
+    cases = []
+    for i, (_, body, args, _) in enumerate(BAD):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        (d / "x.yaml").write_text("name: bad\ndata: {dataset: synthetic}\n" + body + "\n"
+                                  if "dataset:" not in body else "name: bad\n" + body + "\n")
+        cases.append({"dir": str(d), "args": args})
+    proc = subprocess.run([sys.executable, "-c", _RUN_BAD, str(REPO), json.dumps(cases)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not report["ray"] and not report["mlflow"]
+    for (what, _, _, want), got in zip(BAD, report["cases"]):
+        assert got["rc"] == 2, (what, got)
+        assert want in got["err"], (what, got["err"])
+        assert got["err"].startswith(("x.yaml: ", "--set: ", "--stages: ")), (what, got["err"])
+        assert "Traceback" not in got["err"], (what, got["err"])        # one message
+        assert got["left"] == ["x.yaml"], (what, got["left"])            # no sweeps/, mlflow.db
+        assert got["s"] < 10, (what, got["s"])
+
+
+def test_restart_discards_folder_and_mlflow_runs(tmp_path):
+    from mlflow import MlflowClient
+    from sweep.cli import run as runner
+    from sweep.track import recorder, store
+    (tmp_path / "x.yaml").write_text("name: again\ndata: {dataset: synthetic}\n")
+    exp = load_experiment(tmp_path / "x.yaml", cwd=str(tmp_path))
+    args = runner.build_parser().parse_args(["x.yaml", "--restart"])
+    paths = runner.Paths(exp, args, str(tmp_path))
+    store.prepare_store(paths.mlflow)
+    with recorder.SweepRecorder(paths.mlflow, "again", os.path.join(paths.state, "tracking.json")) as rec:
+        rec.trial_run("t0", "main", {"train.lr": 0.1})
+        rec.finish_trial("t0")
+    assert paths.has_results()
+    runner._discard(paths, "again")
+    assert not os.path.exists(paths.state)
+    client = MlflowClient(paths.mlflow)
+    exp_id = client.get_experiment_by_name("again").experiment_id
+    assert client.search_runs([exp_id]) == []
