@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Run a search-space file: ``python run_sweep.py search_spaces/smoke.yaml [--set k=v ...]``.
 
-See ``python run_sweep.py --help`` and sweep_interface.md ("Commands"); the work is in
-``sweep.runner``.
+See ``python run_sweep.py --help`` and docs/commands.md; the work is in
+``sweep.cli.run``.
 """
 import os
 import sys
