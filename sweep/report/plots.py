@@ -25,6 +25,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from sweep.metrics import best_of
 from sweep.report.results import (ExperimentResults, ReportError, Row, Trial, alpha_history,
                            natural_key, norm_name as _norm, read_alphas)
 
@@ -53,12 +54,7 @@ def acc_label(rows: list[Row]) -> str:
 
 
 def _bits_text(row: Row) -> str:
-    w, a = row.bits
-    if row.full_precision:
-        return "FP32"
-    if w is None:
-        return "mixed"
-    return f"W{w:.2f}A{a:.2f}" if row.mixed else f"W{_g(w)}A{_g(a)}"
+    return row.bits_label            # sweep.labels, as the table and the lineage tags
 
 
 def _best_row(rows: list[Row]) -> Row:
@@ -268,8 +264,8 @@ def best_trial(trials: list[Trial]) -> Trial | None:
               if t.status == "FINISHED" and t.best_epoch is not None]
     if not scored:
         return None
-    sign = 1 if scored[0][1].mode == "max" else -1
-    return max(scored, key=lambda st: sign * st[0])[1]
+    best = best_of(scored, lambda st: st[0], scored[0][1].mode)
+    return None if best is None else best[1]
 
 
 # --------------------------------------------------------------------------- all

@@ -48,12 +48,7 @@ def _list(values: Iterable) -> str:
 
 
 def bits_label(row: Row) -> str:
-    w, a = row.bits
-    if row.mixed:
-        return "mixed (no bits.json)" if w is None else f"W{w:.2f}/A{a:.2f} mixed"
-    if row.full_precision:
-        return "FP32"
-    return f"W{_num(w)}/A{_num(a)}"
+    return row.bits_label            # sweep.labels: FP32, W2A2, MIXED(w2.50,a2.00)
 
 
 def scheme_label(row: Row) -> str:
@@ -200,8 +195,9 @@ def table_notes(rows: list[Row], results: ExperimentResults) -> list[str]:
         notes.append("With a validation split, *" + cols.test + "* is the test accuracy at "
                      "the epoch validation chose: the number to quote.")
     if any(r.mixed for r in rows):
-        notes.append("Mixed precision (quant.layers): bits are averages over the quantized layers "
-                     "listed in each run's bits.json.")
+        notes.append("Mixed precision (quant.layers): MIXED(w..,a..) gives the average weight and "
+                     "activation bits over the quantized layers listed in each run's bits.json "
+                     "(MIXED alone: no run of the row logged bits.json).")
     return notes
 
 
@@ -231,7 +227,7 @@ def _reason(t: Trial) -> str:
 
 
 def _pub_bits(p: Published) -> str:
-    return "FP32" if p.full_precision else f"W{_num(p.w_bits)}/A{_num(p.a_bits)}"
+    return p.bits_label
 
 
 def _signed(x: float | None) -> str:

@@ -49,7 +49,7 @@ from sweep.track.names import (_END_TAGS, BEST_RUN_TAG, CHECKPOINT_ARTIFACT,
                                EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, FAILURE_TAG, PARENT_TAG,
                                REGISTERED_TAG, ROLE_TAG, STAGE_TAG, STOPPED_EARLY_TAG, TERMINAL_STATUSES,
                                TRIAL_TAG, stage_alias)
-from sweep.track.store import sqlite_path
+from sweep.track.store import paged, sqlite_path
 
 __all__ = ["SweepRecorder", "flatten_params", "sanitize_key"]
 
@@ -447,16 +447,10 @@ class SweepRecorder:
         with self._lock:
             ours = {rec["run_id"]: tid for tid, rec in self._trials.items()}
             stage_ids = set(self._stages.values())
-            running, token = [], None
-            while True:
-                page = self.client.search_runs(
-                    [self.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                    max_results=1000, page_token=token)
-                running += [r for r in page if r.info.run_id in ours
-                            or r.info.run_id in stage_ids or ROLE_TAG in r.data.tags]
-                token = page.token
-                if not token:
-                    break
+            running = [r for r in paged(self.client.search_runs, [self.experiment_id],
+                                        filter_string="attributes.status = 'RUNNING'")
+                       if r.info.run_id in ours or r.info.run_id in stage_ids
+                       or ROLE_TAG in r.data.tags]
             running.sort(key=lambda r: r.data.tags.get(ROLE_TAG) == "stage")
             for run in running:
                 self.client.set_terminated(run.info.run_id, status)
