@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from sweep.config import ConfigError, InitFrom, TrialConfig, get_dotted, set_dotted
 from sweep.config.space import Distribution, has_distributions
 from sweep.metrics import best_of
+from sweep.track.names import (INIT_BITS_TAG, INIT_CHECKPOINT_TAG, INIT_RUN_TAG, INIT_STAGE_TAG,
+                               INIT_TRIAL_TAG)
 
 if TYPE_CHECKING:
     from sweep.tune.plan import StagePlan
@@ -133,7 +135,7 @@ def resolve_init_files(plans, client, cache: str) -> dict:
         path, lineage = resolve_init(text, client, cache)
         label = checkpoint_label(path)
         if label:
-            lineage["lineage.init_bits"] = label
+            lineage[INIT_BITS_TAG] = label
         out[text] = {"path": path, "lineage": lineage}
     return out
 
@@ -207,11 +209,11 @@ def init_source(cfg: TrialConfig, meta: dict) -> tuple[str | None, dict, str | N
             return None, {}, (f"train.init: no finished trial of stage {init.best_of!r} has "
                               f"model {cfg.model.to_dict()}, the same data.*"
                               + (f" and {', '.join(init.match)}" if init.match else ""))
-        tags = {"lineage.init_run_id": cand.get("run_id"), "lineage.init_checkpoint": cand["checkpoint"],
-                "lineage.init_bits": cand.get("bits"), "lineage.init_stage": init.best_of,
-                "lineage.init_trial": cand["trial_id"]}
+        tags = {INIT_RUN_TAG: cand.get("run_id"), INIT_CHECKPOINT_TAG: cand["checkpoint"],
+                INIT_BITS_TAG: cand.get("bits"), INIT_STAGE_TAG: init.best_of,
+                INIT_TRIAL_TAG: cand["trial_id"]}
         return cand["checkpoint"], {k: v for k, v in tags.items() if v}, None
     entry = meta.get("init_files", {}).get(str(init))
     if entry is None:
-        return str(init), {"lineage.init_checkpoint": str(init)}, None
+        return str(init), {INIT_CHECKPOINT_TAG: str(init)}, None
     return entry["path"], dict(entry["lineage"]), None
