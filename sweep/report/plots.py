@@ -53,10 +53,6 @@ def acc_label(rows: list[Row]) -> str:
     return "test accuracy % at the chosen epoch"
 
 
-def _bits_text(row: Row) -> str:
-    return row.bits_label            # sweep.labels, as the table and the lineage tags
-
-
 def _best_row(rows: list[Row]) -> Row:
     return max(rows, key=lambda r: r.reported.mean)
 
@@ -94,7 +90,7 @@ def plot_acc_vs_z(rows: list[Row], stage: str, path: str, published=None) -> str
     ax = fig.add_subplot()
     groups: dict[tuple, list[Row]] = {}
     for r in ngrid:
-        groups.setdefault((r.model, r.dataset, _bits_text(r)), []).append(r)
+        groups.setdefault((r.model, r.dataset, r.bits_label), []).append(r)
     zs = sorted({r.z for r in ngrid})
     for i, ((model, dataset, bits), grp) in enumerate(sorted(groups.items())):
         color = f"C{i % 10}"
@@ -106,7 +102,7 @@ def plot_acc_vs_z(rows: list[Row], stage: str, path: str, published=None) -> str
         _errorbar(ax, pts, [p.z for p in pts], color=color,
                   label=f"N_grid {model} {dataset} {bits} (n={n} seeds)")
         apot = [r for r in rows if r.stage == stage and r.scheme == "apot"
-                and (r.model, r.dataset, _bits_text(r)) == (model, dataset, bits)
+                and (r.model, r.dataset, r.bits_label) == (model, dataset, bits)
                 and r.reported is not None]
         if apot:
             b = _best_row(apot).reported
@@ -168,7 +164,7 @@ def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
         label = f"{key[2]}" if len(models) == 1 else f"{key[2]} ({key[0]}, {key[1]})"
         _errorbar(ax, pts, [p.bits[0] for p in pts], color=f"C{i % 10}", label=label)
         for p in pts:
-            ax.annotate(_bits_text(p), (p.bits[0], p.reported.mean), fontsize=7,
+            ax.annotate(p.bits_label, (p.bits[0], p.reported.mean), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
     for j, (model, dataset) in enumerate(models):
         fp = [r for r in rows if r.full_precision and r.reported is not None
@@ -197,7 +193,7 @@ def _run_title(trial: Trial) -> str:
     row = Row([trial], [])
     z = f", Z={_g(row.z)}" if isinstance(row.z, (int, float)) else ""
     return (f"{trial.stage} / trial {trial.trial_id} (run {trial.run_id[:8]}): "
-            f"{row.model} {row.dataset} {_bits_text(row)} {row.scheme}{z}")
+            f"{row.model} {row.dataset} {row.bits_label} {row.scheme}{z}")
 
 
 def plot_alphas(alphas: dict[str, dict[str, float]], title: str, path: str,
