@@ -21,9 +21,9 @@ import os
 import sys
 
 from sweep.report.compare import compare, load_published
-from sweep.report.results import ExperimentResults, ReportError, group_rows, sqlite_file
+from sweep.report.results import ExperimentResults, ReportError, group_rows
 from sweep.report.table import compare_csv_path, markdown_report, write_compare_csv, write_csv
-from sweep.track.store import default_tracking_uri
+from sweep.track.store import default_tracking_uri, sqlite_path
 
 __all__ = ["main"]
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     uri = args.mlflow_uri or default_tracking_uri(os.path.join(os.getcwd(), "sweeps"))
-    db = sqlite_file(uri)
+    db = sqlite_path(uri)
     if db is not None and not os.path.isfile(db):
         raise ReportError(f"no MLflow store at {db}: run the sweep from this directory "
                           "first, or name the store with --mlflow-uri")

@@ -29,7 +29,7 @@ import sys
 from sweep.config import ConfigError, Experiment, load_experiment, resolve_trial
 from sweep.tune.plan import StagePlan, concrete_candidates, plan_stage
 from sweep.config.fields import is_uri
-from sweep.tune.lineage import data_key
+from sweep.tune.lineage import check_sources, data_key
 
 __all__ = ["main", "build_parser"]
 
@@ -106,19 +106,6 @@ def _select(exp: Experiment, text: str | None) -> list:
     return [s for s in exp.stages if s.name in names]
 
 
-def _check_sources(plans: list[StagePlan], resuming: bool) -> None:
-    """A stage started from a stage that --stages leaves out needs that stage's results
-    (only a resumed sweep has them) or a checkpoint."""
-    names = {p.name for p in plans}
-    for plan in plans:
-        source = plan.init.get("best_of") if isinstance(plan.init, dict) else None
-        if source and source not in names and not resuming:
-            raise ConfigError("--stages", plan.name, (
-                f"starts from the best trial of stage {source} (train.init: {{best_of: {source}}}), "
-                f"which --stages leaves out; add it, or start from a checkpoint: "
-                f"--set train.init=PATH (or runs:/<run_id>, models:/<name>@<alias>)"))
-
-
 # ---------------------------------------------------------------- dry run
 
 def print_dry_run(exp: Experiment, plans: list[StagePlan], paths: Paths) -> None:
@@ -140,7 +127,7 @@ def main(argv=None) -> int:
         paths = Paths(exp, args, cwd)
         selected = _select(exp, args.stages)
         plans = [plan_stage(exp, s.name) for s in selected]
-        _check_sources(plans, resuming=args.resume)
+        check_sources(plans, resuming=args.resume)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -239,21 +226,7 @@ def _discard(paths: Paths, name: str) -> None:
         except (OSError, FileNotFoundError):
             pass
     from sweep.track import store
-    from mlflow import MlflowClient
-    store.prepare_store(paths.mlflow)
-    client = MlflowClient(tracking_uri=paths.mlflow, registry_uri=paths.mlflow)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return
-    token, n = None, 0
-    while True:
-        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
-        for run in page:
-            client.delete_run(run.info.run_id)
-            n += 1
-        token = page.token
-        if not token:
-            break
+    n = store.delete_experiment_runs(paths.mlflow, name)
     if n:
         print(f"--restart: deleted the {n} earlier MLflow run(s) of {name} "
               "(recoverable with `mlflow runs restore --run-id ...` until `mlflow gc`)")

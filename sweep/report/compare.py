@@ -15,7 +15,8 @@ import math
 
 import yaml
 
-from sweep.report.results import FULL_PRECISION, ReportError, Row, Stat, norm_name as _norm
+from sweep import labels
+from sweep.report.results import ReportError, Row, Stat, norm_name as _norm
 
 __all__ = ["Comparison", "Published", "compare", "load_published"]
 
@@ -35,7 +36,11 @@ class Published:
 
     @property
     def full_precision(self) -> bool:
-        return self.w_bits == FULL_PRECISION and self.a_bits == FULL_PRECISION
+        return labels.is_full_precision(self.w_bits, self.a_bits)
+
+    @property
+    def bits_label(self) -> str:
+        return labels.bits_label(self.w_bits, self.a_bits)     # FP32, W4A4
 
 
 _REQUIRED = ("model", "dataset", "w_bits", "a_bits", "scheme", "accuracy", "split", "source")

@@ -25,6 +25,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from sweep.metrics import best_of
 from sweep.report.results import (ExperimentResults, ReportError, Row, Trial, alpha_history,
                            natural_key, norm_name as _norm, read_alphas)
 
@@ -50,15 +51,6 @@ def acc_label(rows: list[Row]) -> str:
     if splits == {"test"}:
         return "test accuracy % at the best epoch"
     return "test accuracy % at the chosen epoch"
-
-
-def _bits_text(row: Row) -> str:
-    w, a = row.bits
-    if row.full_precision:
-        return "FP32"
-    if w is None:
-        return "mixed"
-    return f"W{w:.2f}A{a:.2f}" if row.mixed else f"W{_g(w)}A{_g(a)}"
 
 
 def _best_row(rows: list[Row]) -> Row:
@@ -98,7 +90,7 @@ def plot_acc_vs_z(rows: list[Row], stage: str, path: str, published=None) -> str
     ax = fig.add_subplot()
     groups: dict[tuple, list[Row]] = {}
     for r in ngrid:
-        groups.setdefault((r.model, r.dataset, _bits_text(r)), []).append(r)
+        groups.setdefault((r.model, r.dataset, r.bits_label), []).append(r)
     zs = sorted({r.z for r in ngrid})
     for i, ((model, dataset, bits), grp) in enumerate(sorted(groups.items())):
         color = f"C{i % 10}"
@@ -110,7 +102,7 @@ def plot_acc_vs_z(rows: list[Row], stage: str, path: str, published=None) -> str
         _errorbar(ax, pts, [p.z for p in pts], color=color,
                   label=f"N_grid {model} {dataset} {bits} (n={n} seeds)")
         apot = [r for r in rows if r.stage == stage and r.scheme == "apot"
-                and (r.model, r.dataset, _bits_text(r)) == (model, dataset, bits)
+                and (r.model, r.dataset, r.bits_label) == (model, dataset, bits)
                 and r.reported is not None]
         if apot:
             b = _best_row(apot).reported
@@ -172,7 +164,7 @@ def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
         label = f"{key[2]}" if len(models) == 1 else f"{key[2]} ({key[0]}, {key[1]})"
         _errorbar(ax, pts, [p.bits[0] for p in pts], color=f"C{i % 10}", label=label)
         for p in pts:
-            ax.annotate(_bits_text(p), (p.bits[0], p.reported.mean), fontsize=7,
+            ax.annotate(p.bits_label, (p.bits[0], p.reported.mean), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
     for j, (model, dataset) in enumerate(models):
         fp = [r for r in rows if r.full_precision and r.reported is not None
@@ -201,7 +193,7 @@ def _run_title(trial: Trial) -> str:
     row = Row([trial], [])
     z = f", Z={_g(row.z)}" if isinstance(row.z, (int, float)) else ""
     return (f"{trial.stage} / trial {trial.trial_id} (run {trial.run_id[:8]}): "
-            f"{row.model} {row.dataset} {_bits_text(row)} {row.scheme}{z}")
+            f"{row.model} {row.dataset} {row.bits_label} {row.scheme}{z}")
 
 
 def plot_alphas(alphas: dict[str, dict[str, float]], title: str, path: str,
@@ -268,8 +260,8 @@ def best_trial(trials: list[Trial]) -> Trial | None:
               if t.status == "FINISHED" and t.best_epoch is not None]
     if not scored:
         return None
-    sign = 1 if scored[0][1].mode == "max" else -1
-    return max(scored, key=lambda st: sign * st[0])[1]
+    best = best_of(scored, lambda st: st[0], scored[0][1].mode)
+    return None if best is None else best[1]
 
 
 # --------------------------------------------------------------------------- all

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import statistics
 import tempfile
@@ -29,17 +28,19 @@ from typing import Any, Iterable
 
 from mlflow import MlflowClient
 
+from sweep import labels
+from sweep.metrics import best_of
+from sweep.track.store import paged
 from sweep.track.names import (ALPHAS_ARTIFACT, BITS_ARTIFACT, ERROR_TAG, FAILURE_TAG, ROLE_TAG,
                             STAGE_TAG, STOPPED_EARLY_TAG, TRIAL_TAG)
 
 __all__ = ["ExperimentResults", "ReportError", "Row", "Stat", "Trial", "group_rows",
            "natural_key", "norm_name",
-           "parse_param", "read_alphas", "alpha_history", "sqlite_file", "ACC_KEY", "TEST_KEY"]
+           "parse_param", "read_alphas", "alpha_history", "ACC_KEY", "TEST_KEY"]
 
 ACC_KEY = "val_acc"            # the accuracy the table reports (split: see Trial.split)
 TEST_KEY = "test_acc"          # scored every epoch when a validation split exists
 DEFAULT_METRIC, DEFAULT_MODE = "val_acc", "max"
-FULL_PRECISION = 32
 
 # Params that do not make a configuration different: the seed (aggregated over) and
 # where things are (the data folder, the device).
@@ -139,12 +140,9 @@ class Trial:
 
     @property
     def best_epoch(self) -> int | None:
-        series = {e: v for e, v in self._series(self.metric).items() if math.isfinite(v)}
-        if not series:
-            return None
-        pick = max if self.mode == "max" else min
-        best = pick(series.values())
-        return min(e for e, v in series.items() if v == best)
+        series = sorted((e, v) for e, v in self._series(self.metric).items() if math.isfinite(v))
+        best = best_of(series, lambda ev: ev[1], self.mode)     # the earliest of equals
+        return None if best is None else best[0]
 
     def at(self, key: str, epoch: int | None) -> float | None:
         return None if epoch is None else self.history.get(key, {}).get(epoch)
@@ -207,8 +205,15 @@ class Row:
 
     @property
     def full_precision(self) -> bool:
-        return (not self.mixed and self.get("quant.w_bits") == FULL_PRECISION
-                and self.get("quant.a_bits") == FULL_PRECISION)
+        return not self.mixed and labels.is_full_precision(self.get("quant.w_bits"),
+                                                           self.get("quant.a_bits"))
+
+    @property
+    def bits_label(self) -> str:
+        """``FP32``, ``W2A2``, ``MIXED(w2.50,a2.00)`` or ``MIXED`` (no bits.json):
+        ``sweep.labels``, as in the lineage tags."""
+        w, a = self.bits
+        return labels.bits_label(w, a, mixed=self.mixed)
 
     @property
     def seeds(self) -> list:
@@ -263,10 +268,10 @@ class ExperimentResults:
         """LookupError naming the experiments the store holds when ``name`` is not one."""
         exp = client.get_experiment_by_name(name)
         if exp is None or exp.lifecycle_stage != "active":
-            names = sorted(e.name for e in _all_experiments(client))
+            names = sorted(e.name for e in paged(client.search_experiments))
             raise LookupError(names)
         self = cls(client, exp)
-        runs = _all_runs(client, exp.experiment_id)
+        runs = list(paged(client.search_runs, [exp.experiment_id]))
         for run in sorted(runs, key=lambda r: r.info.start_time or 0):
             tags = run.data.tags
             if tags.get(ROLE_TAG) == "stage":
@@ -328,26 +333,6 @@ class ExperimentResults:
             if m.step not in out or m.timestamp >= out[m.step][0]:
                 out[m.step] = (m.timestamp, m.value)
         return {step: v for step, (_, v) in sorted(out.items())}
-
-
-def _all_experiments(client: MlflowClient) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        out += page
-        token = page.token
-        if not token:
-            return out
-
-
-def _all_runs(client: MlflowClient, experiment_id: str) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        out += page
-        token = page.token
-        if not token:
-            return out
 
 
 # ------------------------------------------------------------------------ artifacts
@@ -433,10 +418,3 @@ def alpha_history(client: MlflowClient, run) -> dict[str, dict[str, dict[int, fl
                                      for m in client.get_metric_history(run.info.run_id, key)}
     return out
 
-
-def sqlite_file(uri: str) -> str | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return os.path.abspath(path) if path else None

@@ -47,15 +47,6 @@ def _list(values: Iterable) -> str:
     return vals[0] if len(set(vals)) == 1 else ", ".join(vals)
 
 
-def bits_label(row: Row) -> str:
-    w, a = row.bits
-    if row.mixed:
-        return "mixed (no bits.json)" if w is None else f"W{w:.2f}/A{a:.2f} mixed"
-    if row.full_precision:
-        return "FP32"
-    return f"W{_num(w)}/A{_num(a)}"
-
-
 def scheme_label(row: Row) -> str:
     """The weight scheme, plus the activation scheme when it is not the default one
     (``quant.levels.default_act_scheme``: the weight scheme, apot for ngrid)."""
@@ -159,7 +150,7 @@ def table_lines(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     headers += [cols.last, "epochs run", "status"]
     lines = []
     for r in rows:
-        line = [r.stage, _num(r.model), _num(r.dataset), bits_label(r), scheme_label(r),
+        line = [r.stage, _num(r.model), _num(r.dataset), r.bits_label, scheme_label(r),
                 z_label(r), _num(r.lr), _num(r.weight_decay)]
         if any(other.values()):
             line.append(other[id(r)] or DASH)
@@ -200,8 +191,9 @@ def table_notes(rows: list[Row], results: ExperimentResults) -> list[str]:
         notes.append("With a validation split, *" + cols.test + "* is the test accuracy at "
                      "the epoch validation chose: the number to quote.")
     if any(r.mixed for r in rows):
-        notes.append("Mixed precision (quant.layers): bits are averages over the quantized layers "
-                     "listed in each run's bits.json.")
+        notes.append("Mixed precision (quant.layers): MIXED(w..,a..) gives the average weight and "
+                     "activation bits over the quantized layers listed in each run's bits.json "
+                     "(MIXED alone: no run of the row logged bits.json).")
     return notes
 
 
@@ -214,7 +206,7 @@ def failed_section(trials: list[Trial]) -> str:
     lines = []
     for t in sorted(bad, key=lambda t: (t.stage, t.trial_id)):
         r = Row([t], [])
-        lines.append([t.stage, t.trial_id, t.run_id, _num(r.model), bits_label(r),
+        lines.append([t.stage, t.trial_id, t.run_id, _num(r.model), r.bits_label,
                       scheme_label(r), z_label(r), _num(r.lr), _num(r.weight_decay),
                       _num(t.seed), t.status, _reason(t), str(t.epochs_run), _pct(t.last_acc)])
     return f"**Failed runs** ({len(bad)}, not in the table above):\n\n" + _md_table(headers, lines)
@@ -228,10 +220,6 @@ def _reason(t: Trial) -> str:
         text = last[-1] if last else t.error
         return text if len(text) <= 100 else text[:97] + "..."
     return "ended " + t.status
-
-
-def _pub_bits(p: Published) -> str:
-    return "FP32" if p.full_precision else f"W{_num(p.w_bits)}/A{_num(p.a_bits)}"
 
 
 def _signed(x: float | None) -> str:
@@ -252,7 +240,7 @@ def compare_section(comps: list[Comparison], unmatched: list[Published], rows: l
         m = MISMATCH if c.split_mismatch else ""
         pb = c.pub_baseline
         lines.append([
-            c.row.stage, _num(c.row.model), _num(c.row.dataset), bits_label(c.row),
+            c.row.stage, _num(c.row.model), _num(c.row.dataset), c.row.bits_label,
             scheme_label(c.row), z_label(c.row), c.pub.source, c.pub.split + m,
             (_pct(pb.accuracy) + m) if pb else DASH, _pct(c.pub.accuracy) + m,
             (_pct(c.pub_drop) + m) if c.pub_drop is not None else DASH,
@@ -271,7 +259,7 @@ def compare_section(comps: list[Comparison], unmatched: list[Published], rows: l
     near = {(_norm(r.model), _norm(r.dataset)) for r in rows}
     relevant = [p for p in unmatched if (_norm(p.model), _norm(p.dataset)) in near]
     if relevant:
-        listed = "; ".join(f"{p.model} {p.dataset} {_pub_bits(p)} {p.scheme}"
+        listed = "; ".join(f"{p.model} {p.dataset} {p.bits_label} {p.scheme}"
                            f"{f' Z={_num(p.z)}' if p.z is not None else ''} ({p.source})"
                            for p in relevant)
         notes.append(f"Published rows of these models with no run here: {listed}.")

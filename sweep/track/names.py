@@ -28,6 +28,24 @@ BEST_RUN_TAG = "sweep.best_run_id"
 REGISTERED_TAG = "sweep.registered_model"
 _END_TAGS = (STOPPED_EARLY_TAG, FAILURE_TAG, ERROR_TAG)   # describe how a run last ended
 
+# Lineage tags of a trial started from another checkpoint (``sweep.tune.lineage``).
+INIT_RUN_TAG = "lineage.init_run_id"            # when the source is an MLflow run
+INIT_CHECKPOINT_TAG = "lineage.init_checkpoint"   # the path or URI as given
+INIT_BITS_TAG = "lineage.init_bits"             # sweep.labels: W4A4, FP32, MIXED(w2.50,a3.00)
+INIT_STAGE_TAG = "lineage.init_stage"           # train.init {best_of: stage}
+INIT_TRIAL_TAG = "lineage.init_trial"
+
+# Provenance tags of every trial run (``sweep.track.provenance``): the repository's git
+# commit, whether its tree had changes (``true``/``false``), library versions.
+GIT_COMMIT_TAG = "sweep.git_commit"
+GIT_DIRTY_TAG = "sweep.git_dirty"
+VERSION_TAG_PREFIX = "sweep.version."           # + torch, ray, mlflow, optuna
+PROVENANCE_LIBRARIES = ("torch", "ray", "mlflow", "optuna")
+
+
+def version_tag(library: str) -> str:
+    return VERSION_TAG_PREFIX + library
+
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 

@@ -11,8 +11,10 @@ holds"):
   the working directory of whoever reads them does not matter);
 - one parent run per stage (run name = stage, tags ``sweep.role=stage``,
   ``sweep.stage``) and one nested child run per trial (run name = trial id, tags
-  ``mlflow.parentRunId``, ``sweep.role=trial``, ``sweep.stage``, ``sweep.trial_id``),
-  whose parameters are the trial's config flattened to dotted keys;
+  ``mlflow.parentRunId``, ``sweep.role=trial``, ``sweep.stage``, ``sweep.trial_id``, and
+  the provenance tags ``sweep.git_commit``, ``sweep.git_dirty``,
+  ``sweep.version.<torch|ray|mlflow|optuna>`` of ``sweep.track.provenance``), whose
+  parameters are the trial's config flattened to dotted keys;
 - per epoch, all metrics of a trial in one ``log_batch`` call at ``step = epoch``;
 - child run artifacts (constants below): ``checkpoint/model.pt`` (the best checkpoint,
   what ``runs:/<run_id>`` resolves to), ``bits.json``, ``alphas.json``, ``error.txt``;
@@ -49,7 +51,8 @@ from sweep.track.names import (_END_TAGS, BEST_RUN_TAG, CHECKPOINT_ARTIFACT,
                                EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, FAILURE_TAG, PARENT_TAG,
                                REGISTERED_TAG, ROLE_TAG, STAGE_TAG, STOPPED_EARLY_TAG, TERMINAL_STATUSES,
                                TRIAL_TAG, stage_alias)
-from sweep.track.store import sqlite_path
+from sweep.track.provenance import provenance_tags
+from sweep.track.store import paged, sqlite_path
 
 __all__ = ["SweepRecorder", "flatten_params", "sanitize_key"]
 
@@ -136,13 +139,18 @@ class SweepRecorder:
     when it exists). ``artifact_root`` overrides where a new experiment keeps artifacts
     (default: ``mlartifacts/`` beside a SQLite database, the server's choice otherwise).
     ``step_key`` is the metric whose history tells, on resume, the last epoch logged.
+    ``provenance``: the tags every trial run carries (default: ``provenance_tags()``,
+    computed once per process).
     Use as a context manager, or call ``close`` so that no run is left RUNNING.
     """
 
     def __init__(self, uri: str, experiment_name: str, state_path: str | os.PathLike, *,
-                 artifact_root: str | None = None, step_key: str = "val_acc"):
+                 artifact_root: str | None = None, step_key: str = "val_acc",
+                 provenance: Mapping[str, str] | None = None):
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
+        # the tags every trial run carries: git commit, dirty tree, library versions
+        self.provenance = dict(provenance_tags() if provenance is None else provenance)
         self.experiment_name = experiment_name
         self.state_path = os.path.abspath(os.fspath(state_path))
         self.step_key = step_key
@@ -296,7 +304,8 @@ class SweepRecorder:
         trial restarts (a retry, or a resumed sweep). Returns the run id."""
         with self._lock:
             parent = self._stages.get(stage_name) or self.stage_run(stage_name)
-            all_tags = {**{sanitize_key(k): str(v) for k, v in (tags or {}).items()},
+            all_tags = {**self.provenance,
+                        **{sanitize_key(k): str(v) for k, v in (tags or {}).items()},
                         PARENT_TAG: parent,
                         ROLE_TAG: "trial", STAGE_TAG: stage_name, TRIAL_TAG: trial_id}
             rec = self._trials.get(trial_id, {})
@@ -447,16 +456,10 @@ class SweepRecorder:
         with self._lock:
             ours = {rec["run_id"]: tid for tid, rec in self._trials.items()}
             stage_ids = set(self._stages.values())
-            running, token = [], None
-            while True:
-                page = self.client.search_runs(
-                    [self.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                    max_results=1000, page_token=token)
-                running += [r for r in page if r.info.run_id in ours
-                            or r.info.run_id in stage_ids or ROLE_TAG in r.data.tags]
-                token = page.token
-                if not token:
-                    break
+            running = [r for r in paged(self.client.search_runs, [self.experiment_id],
+                                        filter_string="attributes.status = 'RUNNING'")
+                       if r.info.run_id in ours or r.info.run_id in stage_ids
+                       or ROLE_TAG in r.data.tags]
             running.sort(key=lambda r: r.data.tags.get(ROLE_TAG) == "stage")
             for run in running:
                 self.client.set_terminated(run.info.run_id, status)

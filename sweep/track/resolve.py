@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from sweep.track.names import CHECKPOINT_ARTIFACT, CHECKPOINT_FILE
+from sweep.track.names import (CHECKPOINT_ARTIFACT, CHECKPOINT_FILE, INIT_CHECKPOINT_TAG,
+                               INIT_RUN_TAG)
 
 __all__ = ["resolve_init", "resolve_in_default_store", "is_mlflow_uri"]
 
@@ -58,7 +59,7 @@ def resolve_init(uri_or_path: str | os.PathLike, client: MlflowClient | str | No
             path = os.path.join(path, CHECKPOINT_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"init checkpoint {text!r}: no file at {path}")
-        return path, {"lineage.init_checkpoint": path}
+        return path, {INIT_CHECKPOINT_TAG: path}
     if client is None:
         raise ValueError(f"resolving {text!r} needs an MLflow client or tracking URI")
     if isinstance(client, str):
@@ -68,11 +69,11 @@ def resolve_init(uri_or_path: str | os.PathLike, client: MlflowClient | str | No
     if text.startswith("runs:/"):
         run_id, _, path = text[len("runs:/"):].strip("/").partition("/")
         local = _download_run_file(client, run_id, path or CHECKPOINT_ARTIFACT, cache)
-        return local, {"lineage.init_run_id": run_id, "lineage.init_checkpoint": text}
+        return local, {INIT_RUN_TAG: run_id, INIT_CHECKPOINT_TAG: text}
     version = _model_version(client, text)
-    lineage = {"lineage.init_checkpoint": text}
+    lineage = {INIT_CHECKPOINT_TAG: text}
     if version.run_id:
-        lineage["lineage.init_run_id"] = version.run_id
+        lineage[INIT_RUN_TAG] = version.run_id
     source = version.source or ""
     if source.startswith("runs:/"):
         run_id, _, path = source[len("runs:/"):].strip("/").partition("/")

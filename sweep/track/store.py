@@ -1,5 +1,6 @@
 """The MLflow store a sweep writes to: its default URI, getting it ready before trials
-start, the UI command and links.
+start, reading every page of a search, discarding a sweep's runs (``--restart``), the
+UI command and links.
 """
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import shlex
 import urllib.error
 import urllib.request
 
+from typing import Any, Callable, Iterator
+
 from mlflow import MlflowClient
 
-__all__ = ["default_tracking_uri", "sqlite_path", "is_http", "prepare_store", "ui_command",
-           "experiment_link"]
+__all__ = ["default_tracking_uri", "sqlite_path", "is_http", "prepare_store", "paged",
+           "delete_experiment_runs", "ui_command", "experiment_link"]
+
+PAGE_SIZE = 1000
 
 # --------------------------------------------------------------------------- store
 
@@ -59,6 +64,42 @@ def prepare_store(uri: str, timeout_s: float = 10.0) -> None:
                 f"MLflow tracking server {uri} does not answer ({exc}); start it, or drop "
                 "--mlflow-uri to use the local SQLite store") from exc
 
+
+# --------------------------------------------------------------------------- searches
+
+def paged(search: Callable[..., Any], *args, page_size: int = PAGE_SIZE, **kwargs) -> Iterator:
+    """Every result of an MLflow search, page after page: ``search`` is a paged client
+    method (``client.search_runs``, ``client.search_experiments``, ...), called with
+    ``args``/``kwargs`` plus ``max_results`` and ``page_token``.
+
+        for run in paged(client.search_runs, [experiment_id], filter_string=...): ...
+    """
+    token = None
+    while True:
+        page = search(*args, max_results=page_size, page_token=token, **kwargs)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def delete_experiment_runs(uri: str, name: str) -> int:
+    """Soft-delete every run of experiment ``name`` (``--restart``; ``mlflow runs
+    restore`` brings them back until ``mlflow gc``). Returns how many; 0 when the store
+    has no such experiment. The ids are listed first: deleting while paging would shift
+    the pages."""
+    prepare_store(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return 0
+    run_ids = [run.info.run_id for run in paged(client.search_runs, [exp.experiment_id])]
+    for run_id in run_ids:
+        client.delete_run(run_id)
+    return len(run_ids)
+
+
+# --------------------------------------------------------------------------- the UI
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> str | None:
     """The shell command that serves the MLflow UI for ``uri``; None for an http(s) URI,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from torch import nn
 
 import quant
-from quant.levels import FULL_PRECISION
+from sweep import labels
+from sweep.labels import FULL_PRECISION
 
 
 def layer_bits(model: nn.Module) -> dict:
@@ -28,19 +29,18 @@ def layer_bits(model: nn.Module) -> dict:
 
 
 def bits_label(model: nn.Module) -> str:
-    """``FP32``, ``W<w>A<a>`` when every decided layer agrees, else ``MIXED(w..,a..)``."""
+    """``FP32``, ``W<w>A<a>`` when every decided layer agrees, else ``MIXED(w..,a..)``
+    (``sweep.labels``)."""
     policy = getattr(model, "quant_policy", None) or quant.QuantPolicy()
     names = quant.quantized_layer_names(model)
     specs = [policy.spec_for(n) for n in names]
     if not specs:
-        return "FP32"
+        return labels.bits_label(FULL_PRECISION, FULL_PRECISION)
     ws, acts = {s.w_bits for s in specs}, {s.a_bits for s in specs}
-    if ws == {FULL_PRECISION} and acts == {FULL_PRECISION}:
-        return "FP32"
     if len(ws) == 1 and len(acts) == 1:
-        return f"W{ws.pop()}A{acts.pop()}"
+        return labels.bits_label(ws.pop(), acts.pop())
     w, a = policy.average_bits(names)
-    return f"MIXED(w{w:.2f},a{a:.2f})"
+    return labels.bits_label(w, a, mixed=True)
 
 
 def checkpoint_bits_label(path) -> str | None:

@@ -194,8 +194,8 @@ class Trainer:
     def _is_better(self, metrics: dict) -> bool:
         if self.best is None:
             return True
-        new, old = metrics[self.metric], self.best[self.metric]
-        return new > old if self.mode == "max" else new < old
+        from sweep.metrics import is_better     # (here: one place for the best-by-mode rule)
+        return is_better(metrics[self.metric], self.best[self.metric], self.mode)
 
     # ---- the loop --------------------------------------------------------------------
     def run(self, on_epoch: Callable[[dict, "Trainer"], None] | None = None) -> dict:

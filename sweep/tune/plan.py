@@ -27,6 +27,7 @@ import math
 from sweep.config import Experiment, get_dotted, set_dotted
 from sweep.config.space import (Choice, Distribution, Grid, LogUniform, QUniform, RandInt, Uniform,
                          find_distributions, to_plain)
+from sweep.tune.lineage import describe_init
 
 __all__ = ["StagePlan", "plan_stage", "ray_space", "optuna_space", "searched_values",
            "concrete_candidates"]
@@ -84,10 +85,7 @@ class StagePlan:
         sched = (f"asha (grace_period {s.scheduler.grace_period} epochs, reduction_factor "
                  f"{s.scheduler.reduction_factor:g}, max_t {self.max_epochs()} epochs)"
                  if s.scheduler.type == "asha" else "fifo")
-        init = self.init
-        if isinstance(init, dict):
-            match = f", match {init['match']}" if init.get("match") else ""
-            init = f"best trial of stage {init['best_of']!r} with the same model.* and data.*{match}"
+        init = describe_init(self.init)
         lines = [f"stage {self.name}: {self.num_trials()} trial(s), search {s.algorithm} "
                  f"(num_samples {s.num_samples}, seed {s.seed}), metric {s.metric} ({s.mode}), "
                  f"scheduler {sched}",

@@ -12,6 +12,8 @@ import math
 import sys
 from typing import TextIO
 
+from sweep.metrics import is_better
+
 __all__ = ["ProgressTable", "fmt"]
 
 
@@ -63,7 +65,7 @@ class ProgressTable:
         if value is None or not isinstance(value, (int, float)) or math.isnan(value):
             return self.best.get(trial_id)
         old = self.best.get(trial_id)
-        if old is None or (value > old if self.mode == "max" else value < old):
+        if is_better(value, old, self.mode):
             self.best[trial_id] = float(value)
         return self.best[trial_id]
 

@@ -11,16 +11,16 @@ import os
 import sys
 
 from sweep.config import resolve_trial
-from sweep.train.bits import checkpoint_bits_label
-from sweep.tune.lineage import init_source
+from sweep.metrics import best_of
+from sweep.tune.lineage import checkpoint_label, init_source
 from sweep.tune.plan import StagePlan, searched_values
 from sweep.tune.progress import ProgressTable
 from sweep.tune.state import SweepState
-from sweep.tune.trainable import BITS_FILE, CHECKPOINT_FILE, METRIC_KEYS
+from sweep.tune.trainable import METRIC_KEYS
 from sweep.track.recorder import SweepRecorder
-from sweep.track.names import ALPHAS_ARTIFACT
+from sweep.track.names import ALPHAS_ARTIFACT, BITS_ARTIFACT, CHECKPOINT_FILE
 
-__all__ = ["StageRun", "best_kept"]
+__all__ = ["StageRun", "best_kept", "best_trial"]
 
 log = logging.getLogger("sweep")
 
@@ -44,6 +44,14 @@ def best_kept(kept: list) -> tuple:
     if not kept:
         return None, {}
     return max(kept, key=lambda cm: (int(cm[1].get("is_best", 0) or 0), cm[1].get("epoch", -1)))
+
+
+def best_trial(summaries, mode: str) -> dict | None:
+    """The best of a stage's trial summaries (``sweep.json``) by the search metric:
+    finished, with a metric and a checkpoint."""
+    done = [t for t in summaries
+            if t["status"] == "FINISHED" and t["metric"] is not None and t["checkpoint"]]
+    return best_of(done, lambda t: t["metric"], mode)
 
 
 class StageRun:
@@ -118,9 +126,9 @@ class StageRun:
                 folder = _local_dir(ckpt, self.cache_dir)
                 model_file = os.path.join(folder, CHECKPOINT_FILE)
                 self.recorder.log_checkpoint(trial_id, model_file)
-                if os.path.isfile(os.path.join(folder, BITS_FILE)):
-                    self.recorder.log_artifacts(trial_id, {BITS_FILE: os.path.join(folder, BITS_FILE)})
-                bits = checkpoint_bits_label(model_file)
+                if os.path.isfile(os.path.join(folder, BITS_ARTIFACT)):
+                    self.recorder.log_artifacts(trial_id, {BITS_ARTIFACT: os.path.join(folder, BITS_ARTIFACT)})
+                bits = checkpoint_label(model_file)
             except Exception as exc:            # noqa: BLE001 - record the trial anyway
                 self._warn(f"trial {trial_id}: storing its checkpoint in MLflow failed", exc)
         alphas = self.alphas.get(trial_id) or {k[len("alpha/"):]: v for k, v in last.items()
@@ -161,9 +169,6 @@ class StageRun:
                             error=error, history=history)
 
     def best(self) -> dict | None:
-        sign = 1 if self.plan.search.mode == "max" else -1
-        done = [t for t in self.entry["trials"].values()
-                if t["status"] == "FINISHED" and t["metric"] is not None and t["checkpoint"]]
-        return max(done, key=lambda t: sign * t["metric"]) if done else None
+        return best_trial(self.entry["trials"].values(), self.plan.search.mode)
 
 

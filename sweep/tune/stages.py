@@ -18,15 +18,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from sweep.track import names, resolve, store
-from sweep.train.bits import checkpoint_bits_label
-from sweep.config import get_dotted, resolve_trial, set_dotted
-from sweep.tune.plan import StagePlan, concrete_candidates, optuna_space, ray_space
-from sweep.tune.progress import fmt
-from sweep.config.space import Distribution, has_distributions, to_plain
+from sweep.config.space import to_plain
+from sweep.track import names, store
+from sweep.tune import lineage
 from sweep.tune.callback import SweepCallback, register
-from sweep.tune.lineage import pick_init
-from sweep.tune.records import StageRun
+from sweep.tune.plan import StagePlan, optuna_space, ray_space
+from sweep.tune.progress import fmt
+from sweep.tune.records import StageRun, best_trial
 from sweep.tune.state import SweepState
 from sweep.tune.trainable import train_trial
 
@@ -50,77 +48,6 @@ def fingerprint(exp) -> dict:
 
 def _trial_name(trial) -> str:
     return trial.trial_id
-
-
-# ---------------------------------------------------------------- before the stages
-
-def _init_files(plans, recorder, cache: str) -> dict:
-    """``{train.init text: {path, lineage}}`` for paths, ``runs:/`` and ``models:/``."""
-    values = set()
-    for plan in plans:
-        for tree in plan.arm_trees:
-            value = tree["train"]["init"]
-            for v in value.candidates() if isinstance(value, Distribution) else [value]:
-                if isinstance(v, str):
-                    values.add(v)
-    out = {}
-    for text in sorted(values):
-        path, lineage = resolve.resolve_init(text, recorder.client, cache)
-        try:
-            label = checkpoint_bits_label(path)
-        except Exception:               # noqa: BLE001 - the trial reports an unreadable file
-            label = None
-        if label:
-            lineage["lineage.init_bits"] = label
-        out[text] = {"path": path, "lineage": lineage}
-    return out
-
-
-def _init_candidates(plan: StagePlan, state: SweepState) -> list[dict]:
-    """The trials a ``best_of`` stage can start from: of the source stage, the best one
-    per (model.*, data.*, match keys), each config cut to those keys (every trial's
-    config carries the list)."""
-    init = plan.init
-    if not isinstance(init, dict):
-        return []
-    keys = ["model", "data", *(init.get("match") or [])]
-    sign = 1 if plan.search.mode == "max" else -1
-    best = {}
-    for cand in state.candidates():
-        if cand["stage"] != init["best_of"]:
-            continue
-        cut = {}
-        for key in keys:
-            set_dotted(cut, key, get_dotted(cand["config"], key, None))
-        group = json.dumps(cut, sort_keys=True, default=str)
-        if group not in best or sign * cand["metric"] > sign * best[group]["metric"]:
-            best[group] = {**cand, "config": cut}
-    return list(best.values())
-
-
-def _blocked(plan: StagePlan, state: SweepState) -> str | None:
-    """Why a stage cannot start (its init stage has no usable trial), or None."""
-    init = plan.init
-    if not isinstance(init, dict):
-        return None
-    source = init["best_of"]
-    entry = state.data["stages"].get(source)
-    if entry is None or entry.get("status") != "finished":
-        return (f"it starts from stage {source}, which has not finished in this sweep "
-                f"(run it too, or give a checkpoint: --set train.init=PATH)")
-    if not entry.get("best"):
-        return f"stage {source} has no finished trial to start from"
-    candidates = _init_candidates(plan, state)
-    for i, tree in enumerate(plan.arm_trees):
-        if any(has_distributions(tree[sec]) for sec in ("model", "data")):
-            continue                    # checked per trial by the trainable
-        cfg = resolve_trial(concrete_candidates(tree, None)[0])
-        if pick_init(cfg, cfg.train.init, candidates,
-                     plan.search.mode) is None:
-            arm = f"arm {i}: " if len(plan.arm_trees) > 1 else ""
-            return (f"{arm}no finished trial of stage {source} has the same model.* and data.*"
-                    + (f" and {', '.join(init['match'])}" if init.get("match") else ""))
-    return None
 
 
 # ---------------------------------------------------------------- one stage
@@ -162,7 +89,7 @@ def _tuner(plan: StagePlan, trainable, meta: dict, paths, key: str):
 def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_files) -> None:
     s, r = plan.search, plan.resources
     meta = {"stage": plan.name, "metric": s.metric, "mode": s.mode,
-            "init_candidates": _init_candidates(plan, state), "init_files": init_files}
+            "init_candidates": lineage.init_candidates(plan, state), "init_files": init_files}
     trainable = tune.with_resources(tune.with_parameters(train_trial, data_refs=refs),
                                     {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
     overrides = {f"stage.set.{k}": v for k, v in to_plain(exp.stage(plan.name).overrides).items()}
@@ -210,14 +137,14 @@ def _restorable(stage_dir: str, remote: bool) -> bool:
 
 
 def _register_best(exp, plan, recorder, entry) -> None:
-    sign = 1 if plan.search.mode == "max" else -1
-    by_arch = {}
+    per_arch = {}
     for t in entry["trials"].values():
-        if t["status"] == "FINISHED" and t["metric"] is not None and t["checkpoint"]:
-            if t["arch"] not in by_arch or sign * t["metric"] > sign * by_arch[t["arch"]]["metric"]:
-                by_arch[t["arch"]] = t
+        per_arch.setdefault(t["arch"], []).append(t)
     entry["registered"] = {}
-    for arch, t in sorted(by_arch.items()):
+    for arch in sorted(per_arch):
+        t = best_trial(per_arch[arch], plan.search.mode)
+        if t is None:
+            continue
         name = names.registered_model_name(exp.name, arch)
         alias = names.stage_alias(plan.name)
         try:
@@ -243,7 +170,8 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
     state.data.update(fingerprint=fp, name=exp.name, file=exp.file)
     state.save()
     try:
-        init_files = _init_files(plans, recorder, os.path.join(paths.state, "cache"))
+        init_files = lineage.resolve_init_files(plans, recorder.client,
+                                                 os.path.join(paths.state, "cache"))
     except (OSError, ValueError, MlflowException) as exc:   # a missing file, run, model or alias
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{args.file}: train.init: {first}", file=sys.stderr)
@@ -255,7 +183,7 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
         if entry.get("status") == "finished":
             print(f"\n== stage {plan.name}: finished earlier, not rerun", flush=True)
             continue
-        reason = _blocked(plan, state)
+        reason = lineage.blocked(plan, state)
         if reason:
             print(f"\n== stage {plan.name}: skipped: {reason}", flush=True)
             skipped.append((plan.name, reason))

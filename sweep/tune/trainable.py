@@ -16,19 +16,18 @@ not retried: the trial reports ``failure: nan_loss`` and returns.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import time
 
 from sweep.config import TrialConfig, resolve_trial
+from sweep.files import atomic_write_json
+from sweep.track.names import BITS_ARTIFACT, CHECKPOINT_FILE
 from sweep.tune.lineage import data_key, init_source
 
-__all__ = ["train_trial", "CHECKPOINT_FILE", "BITS_FILE", "METRIC_KEYS"]
+__all__ = ["train_trial", "METRIC_KEYS"]
 
-CHECKPOINT_FILE = "model.pt"
-BITS_FILE = "bits.json"
 # What the driver logs to MLflow each epoch (plus every "alpha/..." key).
 METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
                "epoch_time_s")
@@ -89,8 +88,7 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
                       best_metric=best.get(metric, float("nan")), first_step_unix=first_step)
         with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
             tr.save(os.path.join(folder, CHECKPOINT_FILE))
-            with open(os.path.join(folder, BITS_FILE), "w") as fh:
-                json.dump(bits, fh, indent=1, sort_keys=True)
+            atomic_write_json(os.path.join(folder, BITS_ARTIFACT), bits)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
     if trainer.history and trainer.epoch >= cfg.train.epochs:

@@ -121,17 +121,17 @@ HEADER_ALL = ("| stage | model | dataset | bits | scheme | Z | lr | weight decay
 ROWS_ALL = [
     "| fp32 | resnet20 | cifar10 | FP32 | — | — | 0.1 | 0.0005 | data.val_fraction=0 | 0 (1) "
     "| test | 90.00 (2) | — | 88.00 | 3 | finished |",
-    "| w2a2 | resnet20 | cifar10 | W2.50/A2.00 mixed | apot | — | 0.04 | 0.0001 "
+    "| w2a2 | resnet20 | cifar10 | MIXED(w2.50,a2.00) | apot | — | 0.04 | 0.0001 "
     "| data.val_fraction=0 | 0 (1) | test | 62.00 (3) | — | 62.00 | 3 | finished |",
-    "| w2a2 | resnet20 | cifar10 | W2/A2 | apot | — | 0.04 | 0.0001 | data.val_fraction=0 "
+    "| w2a2 | resnet20 | cifar10 | W2A2 | apot | — | 0.04 | 0.0001 | data.val_fraction=0 "
     "| 0, 1 (2) | test | 85.50 ± 0.71 (2, 3) | — | 85.00 ± 1.41 | 3 | finished |",
-    "| w2a2 | resnet20 | cifar10 | W2/A2 | ngrid | 1 | 0.04 | 0.0001 | data.val_fraction=0 "
+    "| w2a2 | resnet20 | cifar10 | W2A2 | ngrid | 1 | 0.04 | 0.0001 | data.val_fraction=0 "
     "| 0 (1) | test | 75.00 (3) | — | 75.00 | 3 | finished |",
-    "| w2a2 | resnet20 | cifar10 | W2/A2 | ngrid | 2 | 0.04 | 0.0001 | data.val_fraction=0 "
+    "| w2a2 | resnet20 | cifar10 | W2A2 | ngrid | 2 | 0.04 | 0.0001 | data.val_fraction=0 "
     "| 0 (1) | test | 80.00 (2) | — | 79.00 | 3 | finished; 1 failed (below) |",
-    "| w2a2 | resnet20 | cifar10 | W2/A2 | ngrid | 4 | 0.04 | 0.0001 | data.val_fraction=0 "
+    "| w2a2 | resnet20 | cifar10 | W2A2 | ngrid | 4 | 0.04 | 0.0001 | data.val_fraction=0 "
     "| 0 (1) | test | 50.00 (1) | — | 50.00 | 1 | stopped early |",
-    "| w2a2_val | resnet20 | cifar10 | W2/A2 | apot | — | 0.04 | 0.0001 | data.val_fraction=0.1 "
+    "| w2a2_val | resnet20 | cifar10 | W2A2 | apot | — | 0.04 | 0.0001 | data.val_fraction=0.1 "
     "| 0 (1) | val (10% of train) | 82.00 (2) | 80.00 | 81.00 | 3 | finished |",
 ]
 
@@ -149,9 +149,9 @@ def test_markdown_table(store, capsys):
     assert "fp32: val_acc (max); w2a2: val_acc (max); w2a2_val: val_acc (max)" in out
     # failed runs: listed separately, with the reason, never aggregated
     failed = out[out.index("**Failed runs** (2, not in the table above)"):]
-    assert (f"| w2a2 | ngrid_z10 | {ids['crash']} | resnet20 | W2/A2 | ngrid | 10 | 0.04 | 0.0001 "
+    assert (f"| w2a2 | ngrid_z10 | {ids['crash']} | resnet20 | W2A2 | ngrid | 10 | 0.04 | 0.0001 "
             "| 0 | FAILED | RuntimeError: out of memory \\| again | 0 | — |") in failed
-    assert (f"| w2a2 | ngrid_z2_s1 | {ids['nan']} | resnet20 | W2/A2 | ngrid | 2 | 0.04 | 0.0001 "
+    assert (f"| w2a2 | ngrid_z2_s1 | {ids['nan']} | resnet20 | W2A2 | ngrid | 2 | 0.04 | 0.0001 "
             "| 1 | FAILED | nan_loss | 1 | 10.00 |") in failed
 
 
@@ -162,7 +162,7 @@ def test_stage_filter_names_the_split_in_headers(store, capsys):
     assert ("| stage | model | dataset | bits | scheme | Z | lr | weight decay | seeds (n) "
             "| best val acc % (epoch) | test acc % at best-val epoch | last val acc % "
             "| epochs run | status |") in out
-    assert ("| w2a2_val | resnet20 | cifar10 | W2/A2 | apot | — | 0.04 | 0.0001 | 0 (1) "
+    assert ("| w2a2_val | resnet20 | cifar10 | W2A2 | apot | — | 0.04 | 0.0001 | 0 (1) "
             "| 82.00 (2) | 80.00 | 81.00 | 3 | finished |") in out
     assert "fp32" not in out and "Failed runs" not in out
     code, out, _ = report(capsys, uri, "--stage", "fp32")
@@ -220,20 +220,20 @@ def test_compare_to(store, capsys, tmp_path):
     assert lines == [
         "| fp32 | resnet20 | cifar10 | FP32 | — | — | Paper A | test | 92.00 | 92.00 | 0.00 "
         "| 90.00 | 90.00 (n=1) | 0.00 | -2.00 |",
-        "| w2a2 | resnet20 | cifar10 | W2/A2 | apot | — | Paper A | test | 92.00 | 86.00 | 6.00 "
+        "| w2a2 | resnet20 | cifar10 | W2A2 | apot | — | Paper A | test | 92.00 | 86.00 | 6.00 "
         "| 90.00 | 85.50 ± 0.71 (n=2) | 4.50 | -0.50 |",
-        "| w2a2 | resnet20 | cifar10 | W2/A2 | ngrid | 1 | Train Paper | train† | — | 99.00† | — "
+        "| w2a2 | resnet20 | cifar10 | W2A2 | ngrid | 1 | Train Paper | train† | — | 99.00† | — "
         "| 90.00 | 75.00 (n=1) | 15.00 | not compared † |",
-        "| w2a2 | resnet20 | cifar10 | W2/A2 | ngrid | 2 | Paper A | test | 92.00 | 81.00 | 11.00 "
+        "| w2a2 | resnet20 | cifar10 | W2A2 | ngrid | 2 | Paper A | test | 92.00 | 81.00 | 11.00 "
         "| 90.00 | 80.00 (n=1) | 10.00 | -1.00 |",
-        "| w2a2 | resnet20 | cifar10 | W2/A2 | ngrid | 4 | Paper A | test | 92.00 | 78.00 | 14.00 "
+        "| w2a2 | resnet20 | cifar10 | W2A2 | ngrid | 4 | Paper A | test | 92.00 | 78.00 | 14.00 "
         "| 90.00 | 50.00 (n=1, stopped early) | 40.00 | -28.00 |",
-        "| w2a2_val | resnet20 | cifar10 | W2/A2 | apot | — | Paper A | test | 92.00 | 86.00 "
+        "| w2a2_val | resnet20 | cifar10 | W2A2 | apot | — | Paper A | test | 92.00 | 86.00 "
         "| 6.00 | 90.00 | 80.00 (n=1) | 10.00 | -6.00 |",
     ]
     assert "† The published figure is *training*-set accuracy" in sec and "not compared." in sec
     assert "with no run here: ResNet-20 CIFAR-10" not in sec        # the FP row matched
-    assert "with no run here: resnet20 cifar10 W4/A4 apot (Paper A)." in sec
+    assert "with no run here: resnet20 cifar10 W4A4 apot (Paper A)." in sec
     assert "resnet56" not in sec
     with open(tmp_path / "t_compare.csv", newline="") as f:
         comp = list(csv.DictReader(f))

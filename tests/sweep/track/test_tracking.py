@@ -316,3 +316,39 @@ def test_recorder_through_a_local_server(tmp_path):
         mlflow_server.stop_mlflow_server(proc)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
+
+
+def test_trial_runs_carry_provenance_tags(uri, name, tmp_path):
+    """Every child run carries the git commit, the dirty flag and the library versions,
+    computed once per process; a stage run does not need them."""
+    import subprocess
+    from sweep.track import provenance
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                            text=True).stdout.strip()
+    tags = provenance.provenance_tags()
+    assert tags[names.GIT_COMMIT_TAG] == commit
+    assert tags[names.GIT_DIRTY_TAG] == str(provenance.git_dirty()).lower()
+    for lib in names.PROVENANCE_LIBRARIES:
+        assert tags[names.version_tag(lib)] == str(__import__(lib).__version__), lib
+    with SweepRecorder(uri, name, tmp_path / "state.json") as rec:
+        rec.trial_run("t0", "fp32", {"train.lr": 0.1})
+        rec.finish_trial("t0")
+        child = rec.client.get_run(rec.run_id("t0"))
+    assert {k: child.data.tags.get(k) for k in tags} == tags
+    assert set(tags) == {"sweep.git_commit", "sweep.git_dirty", "sweep.version.torch",
+                         "sweep.version.ray", "sweep.version.mlflow", "sweep.version.optuna"}
+
+
+def test_paged_reads_every_page_and_delete_experiment_runs(uri, name, tmp_path):
+    with SweepRecorder(uri, name, tmp_path / "state.json", provenance={}) as rec:
+        for i in range(5):
+            rec.trial_run(f"t{i}", "fp32", {"i": i})
+            rec.finish_trial(f"t{i}")
+        exp_id = rec.experiment_id
+        client = rec.client
+    got = list(store.paged(client.search_runs, [exp_id], page_size=2))
+    assert len(got) == 6 and len({r.info.run_id for r in got}) == 6    # 5 trials + the stage
+    assert store.delete_experiment_runs(uri, name) == 6
+    assert list(store.paged(client.search_runs, [exp_id], page_size=2)) == []
+    assert store.delete_experiment_runs(uri, "no_such_experiment") == 0

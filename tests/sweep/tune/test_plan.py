@@ -127,6 +127,80 @@ def test_bits_labels():
     assert bits["conv1"]["w_bits"] == 8 and bits["fc"]["w_bits"] == 8
 
 
+def test_one_label_family_for_tags_tables_and_plots():
+    from quant.levels import FULL_PRECISION
+    from sweep import labels
+    assert labels.FULL_PRECISION == FULL_PRECISION          # the torch-free copy agrees
+    assert labels.bits_label(32, 32) == "FP32"
+    assert labels.bits_label(4, 4) == labels.bits_label(4.0, 4.0) == "W4A4"
+    assert labels.bits_label(2, 32) == "W2A32"
+    assert labels.bits_label(2.5, 3, mixed=True) == "MIXED(w2.50,a3.00)"
+    assert labels.bits_label(None, None, mixed=True) == "MIXED"
+
+
+def test_best_by_mode():
+    from sweep.metrics import best_of, is_better
+    assert is_better(2, 1, "max") and not is_better(1, 2, "max") and is_better(1, 2, "min")
+    assert not is_better(1, 1, "max") and not is_better(1, 1, "min")      # ties keep the old
+    assert is_better(0.5, None, "min") and is_better(0.5, float("nan"), "max")
+    assert not is_better(float("nan"), 1, "max") and not is_better(None, 1, "min")
+    items = [("a", 3), ("b", 5), ("c", 5), ("d", 1), ("e", None)]
+    assert best_of(items, lambda x: x[1], "max") == ("b", 5)            # the first of equals
+    assert best_of(items, lambda x: x[1], "min") == ("d", 1)
+    assert best_of([], lambda x: x, "max") is None
+    with pytest.raises(ValueError, match="write max or min"):
+        is_better(1, 2, "maximum")
+
+
+LINEAGE = """
+name: lin
+data: {dataset: synthetic}
+stages:
+  - name: fp32
+  - name: w4
+    set: {quant.w_bits: 4, quant.a_bits: 4, train.init: {best_of: fp32}}
+"""
+
+
+def test_train_init_from_an_earlier_stage(tmp_path):
+    from sweep.config import ConfigError
+    from sweep.tune import lineage
+    from sweep.tune.state import SweepState
+    (tmp_path / "x.yaml").write_text(LINEAGE)
+    exp = load_experiment(tmp_path / "x.yaml", cwd=str(tmp_path))
+    plans = [plan_stage(exp, s.name) for s in exp.stages]
+    lineage.check_sources(plans, resuming=False)
+    with pytest.raises(ConfigError, match="which --stages leaves out"):
+        lineage.check_sources(plans[1:], resuming=False)
+    lineage.check_sources(plans[1:], resuming=True)
+    assert "best trial of stage 'fp32'" in "\n".join(plans[1].describe())
+    assert lineage.match_keys(plans[1].init) == ["model", "data"]
+
+    state = SweepState(str(tmp_path / "sweep.json"))
+    assert "has not finished" in lineage.blocked(plans[1], state)
+    assert lineage.blocked(plans[0], state) is None
+    config = resolve_trial(exp.trial_spaces("fp32")[0]).to_dict()
+    entry = state.stage("fp32")
+    for tid, metric in (("a", 50.0), ("b", 70.0), ("c", 60.0)):
+        entry["trials"][tid] = {"trial_id": tid, "run_id": f"run-{tid}", "status": "FINISHED",
+                                "metric": metric, "checkpoint": f"/x/{tid}/model.pt",
+                                "config": config, "bits": "FP32"}
+    entry.update(status="finished", best=entry["trials"]["b"])
+    assert lineage.blocked(plans[1], state) is None
+    cands = lineage.init_candidates(plans[1], state)
+    assert [c["trial_id"] for c in cands] == ["b"]                  # the best of the group
+    assert set(cands[0]["config"]) == {"model", "data"}             # cut to the match keys
+    cfg = resolve_trial(exp.trial_spaces("w4")[0])
+    path, tags, problem = lineage.init_source(cfg, {"mode": "max", "init_candidates": cands})
+    assert problem is None and path == "/x/b/model.pt"
+    assert tags == {"lineage.init_run_id": "run-b", "lineage.init_checkpoint": "/x/b/model.pt",
+                    "lineage.init_bits": "FP32", "lineage.init_stage": "fp32",
+                    "lineage.init_trial": "b"}
+    entry["trials"]["b"]["config"] = {**config, "model": {**config["model"], "arch": "resnet32"}}
+    entry["best"] = entry["trials"]["b"]
+    assert sorted(c["trial_id"] for c in lineage.init_candidates(plans[1], state)) == ["b", "c"]
+
+
 def test_progress_table_rows(capsys):
     table = ProgressTable("val_acc", "max", ["train.lr"])
     table.row("abc_00000", {"train.lr": 0.05}, "RUNNING")

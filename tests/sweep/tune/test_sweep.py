@@ -52,6 +52,17 @@ def steps(client, run_id, key="val_acc"):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
+def assert_provenance(tags: dict) -> None:
+    """The provenance tags of a trial run: this checkout's commit and state, and the
+    versions of the libraries the driver ran with."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    assert tags["sweep.git_commit"] == commit
+    assert tags["sweep.git_dirty"] in ("true", "false")
+    for lib in ("torch", "ray", "mlflow", "optuna"):
+        assert tags[f"sweep.version.{lib}"] == str(__import__(lib).__version__), lib
+
+
 def test_smoke_sweep_end_to_end(tmp_path):
     t0 = time.monotonic()
     proc = sweep(tmp_path, REPO / "search_spaces" / "smoke.yaml")
@@ -82,6 +93,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
         assert {"checkpoint", "bits.json", "alphas.json"} <= arts
         stopped = run.data.tags.get("sweep.stopped_early") == "true"
         assert stopped == (len(history) < 3)
+        assert_provenance(run.data.tags)
     version = client.get_model_version_by_alias("smoke-resnet20", "main-best")
     assert version.source.startswith("runs:/")
     print(f"smoke sweep: {took:.1f} s")
