@@ -5,12 +5,12 @@ import torch.nn.functional as F
 
 import models
 from models import CheckpointError, build_from_checkpoint, load_weights, read_checkpoint, save_checkpoint
-from quant import QuantConv2d
+from quant import QuantConv2d, QuantPolicy
 
 
 @pytest.mark.parametrize("arch", models.list_models())
 def test_registered_model_forward_backward(arch):
-    m = models.build_model(arch, w_bits=4, a_bits=4, num_classes=7)
+    m = models.build_model(arch, num_classes=7, policy=QuantPolicy(w_bits=4, a_bits=4))
     x = torch.randn(2, 3, 32, 32)
     out = m(x)
     assert out.shape == (2, 7)
@@ -20,7 +20,7 @@ def test_registered_model_forward_backward(arch):
 
 
 def test_mnist_shaped_input_one_channel():
-    m = models.build_model("resnet20", w_bits=2, a_bits=2, in_channels=1)
+    m = models.build_model("resnet20", in_channels=1, policy=QuantPolicy(w_bits=2, a_bits=2))
     assert m(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
@@ -33,13 +33,13 @@ def test_full_precision_model_keeps_8bit_first_and_last():
     m = models.build_model("resnet20")
     assert isinstance(m.conv1, QuantConv2d) and m.conv1.act_quant is None
     assert not isinstance(m.layer1[0].conv1, QuantConv2d)
-    fp = models.build_model("resnet20", first_last_bits=32)
+    fp = models.build_model("resnet20", policy=QuantPolicy(first_last_bits=32))
     assert not isinstance(fp.conv1, QuantConv2d)
 
 
 def test_project_checkpoint_round_trip(tmp_path):
-    m = models.build_model("resnet20", w_bits=2, a_bits=2, scheme="ngrid", z=4.0,
-                           layers={"layer3.*": {"w_bits": 3, "scheme": "apot"}})
+    m = models.build_model("resnet20", policy=QuantPolicy(
+        w_bits=2, a_bits=2, scheme="ngrid", z=4.0, layers={"layer3.*": {"w_bits": 3, "scheme": "apot"}}))
     with torch.no_grad():
         m.layer3[0].conv1.weight_quant.wgt_alpha.fill_(1.7)
     path = save_checkpoint(tmp_path / "best.pt", m,
@@ -86,7 +86,7 @@ def test_full_precision_checkpoint_starts_quantized_model_keeping_alphas(tmp_pat
     fp = models.build_model("resnet20")
     path = tmp_path / "fp.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in fp.state_dict().items()}, "best_prec": 1.0}, path)
-    q = models.build_model("resnet20", w_bits=4, a_bits=4)
+    q = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4))
     info = load_weights(q, read_checkpoint(path)["state_dict"], path)
     assert len(info["missing_alphas"]) == 40
     assert float(q.layer2[0].conv1.act_quant.act_alpha.detach()) == 8.0
@@ -94,7 +94,7 @@ def test_full_precision_checkpoint_starts_quantized_model_keeping_alphas(tmp_pat
 
 
 def test_reference_checkpoints_load_with_their_alphas(apot_ckpt_dir):
-    q = models.build_model("resnet20", w_bits=4, a_bits=4)
+    q = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4))
     ckpt = read_checkpoint(apot_ckpt_dir / "w4a4_model_best.pth.tar")
     assert load_weights(q, ckpt["state_dict"]) == {"missing_alphas": [], "ignored_alphas": []}
     assert float(q.layer1[0].conv1.act_quant.act_alpha.detach()) == float(ckpt["state_dict"]["layer1.0.conv1.act_alpha"])

@@ -82,22 +82,31 @@ def test_policy_ngrid_defaults_activations_to_apot():
 
 
 def test_policy_rejects_bad_layer_override():
-    with pytest.raises(QuantConfigError, match=r"quant.layers\['layer3.\*'\] for layer3.*w_bits=7"):
-        import models
-        models.build_model("resnet20", w_bits=4, a_bits=4, layers={"layer3.*": {"w_bits": 7}})
-    with pytest.raises(QuantConfigError, match=r"unknown key\(s\) bits"):
+    """Checked when the policy is built (not when a layer is first looked up), naming the key."""
+    with pytest.raises(QuantConfigError, match=r"^w_bits=7 is not supported; weights take 2, 3, 4, 5") as e:
+        QuantPolicy(w_bits=4, a_bits=4, layers={"layer3.*": {"w_bits": 7}})
+    assert e.value.key == "layers.layer3.*.w_bits"
+    with pytest.raises(QuantConfigError, match=r"unknown key\(s\) bits") as e:
         QuantPolicy(w_bits=4, a_bits=4, layers={"layer1.*": {"bits": 2}})
+    assert e.value.key == "layers.layer1.*.bits"
+    with pytest.raises(QuantConfigError, match=r"a_bits=7 is not supported") as e:
+        QuantPolicy(w_bits=4, a_bits=4, layers={"layer1.*": {"a_bits": 7}})
+    assert e.value.key == "layers.layer1.*.a_bits"
+    with pytest.raises(QuantConfigError, match=r"act_scheme 'ngrid' does not exist") as e:
+        QuantPolicy(w_bits=4, a_bits=4, layers={"layer1.*": {"act_scheme": "ngrid"}})
+    assert e.value.key == "layers.layer1.*.act_scheme"
 
 
 def test_policy_pattern_matching_nothing_is_an_error():
     import models
     with pytest.raises(QuantConfigError, match=r"'layer9.\*' matches no quantizable layer"):
-        models.build_model("resnet20", w_bits=4, a_bits=4, layers={"layer9.*": {"w_bits": 2}})
+        models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4,
+                                                          layers={"layer9.*": {"w_bits": 2}}))
 
 
 def test_alpha_floor_and_names():
     import models
-    m = models.build_model("resnet20", w_bits=4, a_bits=4)
+    m = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4))
     with torch.no_grad():
         m.layer1[0].conv1.weight_quant.wgt_alpha.fill_(-0.5)
     clamp_alphas_(m, 1e-3)

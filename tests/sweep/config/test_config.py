@@ -96,8 +96,9 @@ def test_realistic_file(tmp_path):
     cfg = resolve_trial(arms[0])
     assert cfg.train.weight_decay == 1e-4 and cfg.data.root == str(tmp_path / "data")
     assert cfg.quant.act_scheme == "apot"
-    assert [l.pattern for l in cfg.quant.layers] == ["layer3.*", "*.downsample.0"]
-    assert cfg.quant.for_layer("layer3.0.downsample.0") == (4, 3, "uniform")
+    assert [glob for glob, _ in cfg.quant.layers] == ["layer3.*", "*.downsample.0"]
+    spec = cfg.quant.spec_for("layer3.0.downsample.0")
+    assert (spec.w_bits, spec.a_bits, spec.scheme) == (4, 3, "uniform")
 
 
 def test_trial_roundtrip_and_flatten(tmp_path):
