@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quant.policy import QuantPolicy
+from quant.policy import FAMILIES, QuantPolicy
 
 FORMAT = "quant-sweep"
 FORMAT_VERSION = 1
@@ -97,8 +97,10 @@ def load_weights(model: nn.Module, state_dict: dict, path="checkpoint") -> dict:
     ckpt_family = family_of(state_dict)
     model_family = getattr(getattr(model, "quant_policy", None), "family", None)
     if ckpt_family and model_family and ckpt_family != model_family:
+        fix = (f"set quant.family: {ckpt_family}" if ckpt_family in FAMILIES
+               else f"family {ckpt_family} is not available yet")
         raise CheckpointError(path, f"is a {ckpt_family}-family quantized checkpoint, the model is "
-                                    f"{model_family}-family; set quant.family: {ckpt_family}")
+                                    f"{model_family}-family; {fix}")
     mapped = {}
     for key, value in state_dict.items():
         if key not in own and key.endswith(".act_alpha"):

@@ -77,7 +77,8 @@ def check_weight(bits: int, scheme: str, z: float | None = None) -> None:
 
 def z_without_ngrid(z, scheme: str) -> QuantConfigError:
     """The error of a Z given where no layer uses scheme 'ngrid' (the one wording of it)."""
-    return QuantConfigError(f"z={z!r} belongs to scheme 'ngrid' only (quant.scheme is {scheme!r}); "
+    shown = f"{z:g}" if isinstance(z, (int, float)) and not isinstance(z, bool) else repr(z)
+    return QuantConfigError(f"z={shown} belongs to scheme 'ngrid' only (quant.scheme is {scheme!r}); "
                             "remove quant.z, or set quant.scheme: ngrid", "z")
 
 

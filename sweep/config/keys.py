@@ -61,8 +61,6 @@ def _layers(v, cwd):
     """``quant.layers``: globs mapped to per-layer ``quant.*`` keys, each checked as that key."""
     if v is None:
         return {}
-    if isinstance(v, (list, tuple)):       # QuantPolicy's ((glob, {...}), ...)
-        v = dict(v)
     if not isinstance(v, dict):
         raise Invalid(f"expected a mapping of layer globs to {{{', '.join(LAYER_KEYS)}}}, "
                       f"e.g. {{'layer2.*': {{w_bits: 3}}}}; got {v!r}")

@@ -98,3 +98,37 @@ def test_reference_checkpoints_load_with_their_alphas(apot_ckpt_dir):
     ckpt = read_checkpoint(apot_ckpt_dir / "w4a4_model_best.pth.tar")
     assert load_weights(q, ckpt["state_dict"]) == {"missing_alphas": [], "ignored_alphas": []}
     assert float(q.layer1[0].conv1.act_quant.act_alpha.detach()) == float(ckpt["state_dict"]["layer1.0.conv1.act_alpha"])
+
+
+def test_build_model_takes_the_policy_itself():
+    policy = QuantPolicy(w_bits=3, a_bits=4, scheme="uniform", layers={"layer3.*": {"w_bits": 2}})
+    m = models.build_model("resnet20", num_classes=5, in_channels=1, policy=policy)
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    assert m.quant_policy.family == "cifar"                      # the architecture's, filled in
+    assert m.quant_policy == QuantPolicy(**{**policy.to_dict(), "family": "cifar"})
+    assert m.layer3[0].conv1.weight_quant.bits == 2 and m.layer1[0].conv1.weight_quant.bits == 3
+    with pytest.raises(TypeError):
+        models.build_model("resnet20", w_bits=4)                 # no kwargs re-packing
+
+
+def test_checkpoint_quant_entry_round_trip(tmp_path):
+    """The trainer stores QuantPolicy.to_dict(layer_pairs=True); checkpoints written before
+    (the same keys, or fewer) load through the same QuantPolicy.from_dict."""
+    from models.checkpoint import model_of, policy_of
+    policy = QuantPolicy(w_bits=2, a_bits=2, scheme="apot", act_scheme="apot", first_last_bits=8,
+                         layers={"layer2.*": {"w_bits": 4, "act_scheme": "uniform"}, "layer2.0.*": {"a_bits": 3}})
+    m = models.build_model("resnet20", policy=policy)
+    path = save_checkpoint(tmp_path / "p.pt", m, model_cfg={"arch": "resnet20", "num_classes": 10, "in_channels": 3},
+                           quant_cfg=policy, data_cfg={})
+    ckpt = read_checkpoint(path)
+    assert ckpt["quant"] == policy.to_dict(layer_pairs=True)
+    assert policy_of(ckpt) == policy
+    m2, _ = build_from_checkpoint(path)
+    assert m2.quant_policy == m.quant_policy
+    old = {"format": "quant-sweep", "model": {"arch": "resnet20"},        # as written before QuantPolicy
+           "quant": {"w_bits": 4, "a_bits": 4, "scheme": "apot", "act_scheme": "apot", "z": None,
+                     "family": "cifar", "first_last_bits": 8, "layers": [["layer3.*", {"a_bits": 2}]]}}
+    assert policy_of(old) == QuantPolicy(w_bits=4, a_bits=4, act_scheme="apot", family="cifar",
+                                         layers={"layer3.*": {"a_bits": 2}})
+    assert policy_of(old, w_bits=3).w_bits == 3
+    assert model_of(old).layer3[0].conv1.act_quant.bits == 2
