@@ -95,7 +95,8 @@ def _layers(layers):
 def _key(default, kind, check, null=False):
     """A ``quant.*`` key: its default, which values it parses to (``int``, ``float``, ``any``:
     also which search distributions fit it), its check, and whether ``None`` is allowed. The
-    configuration reads these (``sweep.config.schema``): the key is declared only here."""
+    configuration derives its ``quant.*`` keys from these (``sweep.config.keys``): each key
+    is declared only here."""
     return field(default=default, metadata={"kind": kind, "check": check, "null": null})
 
 
