@@ -98,11 +98,11 @@ def main(argv=None):
     torch.manual_seed(0)
 
     configs = {"fp32": 32, "W4A4": 4, "W3A3": 3, "W2A2": 2}
-    nets = {name: models.build_model(args.arch, w_bits=b, a_bits=b, scheme="apot").to(device)
+    nets = {name: models.build_model(args.arch, policy=quant.QuantPolicy(w_bits=b, a_bits=b, scheme="apot")).to(device)
             for name, b in configs.items()}
     if args.reference:
         nets["W4A4 reference projection"] = _use_reference_projection(
-            models.build_model(args.arch, w_bits=4, a_bits=4, scheme="apot").to(device))
+            models.build_model(args.arch, policy=quant.QuantPolicy(w_bits=4, a_bits=4, scheme="apot")).to(device))
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
 

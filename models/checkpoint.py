@@ -4,7 +4,7 @@ The project's format is a plain dict (tensors, numbers, strings, lists) so that 
 loads with ``torch.load(..., weights_only=True)``:
 
     {"format": "quant-sweep", "format_version": 1, "state_dict": ...,
-     "model": {arch, num_classes, in_channels}, "quant": {w_bits, a_bits, scheme, ...},
+     "model": {arch, num_classes, in_channels}, "quant": QuantPolicy.to_dict(layer_pairs=True),
      "data": {dataset, mean, std, ...}, "config": <resolved config or None>,
      "provenance": {git_commit, versions, created}, "epoch": int, "metrics": {...},
      "train_state": {optimizer, epoch, best, history, rng}   # optional, for resuming}
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from quant.policy import FAMILIES, QuantPolicy
 
 FORMAT = "quant-sweep"
 FORMAT_VERSION = 1
@@ -95,8 +97,10 @@ def load_weights(model: nn.Module, state_dict: dict, path="checkpoint") -> dict:
     ckpt_family = family_of(state_dict)
     model_family = getattr(getattr(model, "quant_policy", None), "family", None)
     if ckpt_family and model_family and ckpt_family != model_family:
+        fix = (f"set quant.family: {ckpt_family}" if ckpt_family in FAMILIES
+               else f"family {ckpt_family} is not available yet")
         raise CheckpointError(path, f"is a {ckpt_family}-family quantized checkpoint, the model is "
-                                    f"{model_family}-family; set quant.family: {ckpt_family}")
+                                    f"{model_family}-family; {fix}")
     mapped = {}
     for key, value in state_dict.items():
         if key not in own and key.endswith(".act_alpha"):
@@ -149,10 +153,13 @@ def provenance() -> dict:
             "host": platform.node()}
 
 
-def save_checkpoint(path, model: nn.Module, *, model_cfg: dict, quant_cfg: dict, data_cfg: dict,
+def save_checkpoint(path, model: nn.Module, *, model_cfg: dict, quant_cfg: dict | QuantPolicy, data_cfg: dict,
                     config: dict | None = None, epoch: int | None = None, metrics: dict | None = None,
                     prov: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the project's checkpoint atomically (a temporary file, then a rename)."""
+    """Write the project's checkpoint atomically (a temporary file, then a rename).
+    ``quant_cfg`` is the ``QuantPolicy`` (stored as ``to_dict(layer_pairs=True)``) or such a dict."""
+    if isinstance(quant_cfg, QuantPolicy):
+        quant_cfg = quant_cfg.to_dict(layer_pairs=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -170,23 +177,29 @@ def save_checkpoint(path, model: nn.Module, *, model_cfg: dict, quant_cfg: dict,
     return path
 
 
-def model_kwargs(ckpt: dict, **overrides) -> dict:
-    """``build_model`` keywords (``arch`` included) of a project checkpoint, overrides on top."""
-    kwargs = {**ckpt["model"], **ckpt["quant"], **overrides}
-    if isinstance(kwargs.get("layers"), list):  # stored as [[glob, {...}], ...] to keep the order
-        kwargs["layers"] = dict(kwargs["layers"])
-    return kwargs
+def policy_of(ckpt: dict, **overrides) -> QuantPolicy:
+    """The quantization a project checkpoint was trained with (its ``quant`` entry, as
+    written by any version of this project), ``overrides`` (``quant.*`` keys) on top."""
+    return QuantPolicy.from_dict({**(ckpt.get("quant") or {}), **overrides})
 
 
-def build_from_checkpoint(path, **overrides) -> tuple[nn.Module, dict]:
-    """The model a project checkpoint describes, with its weights loaded."""
+def model_of(ckpt: dict, policy: QuantPolicy | None = None, **model) -> nn.Module:
+    """The (untrained) model a project checkpoint describes: its ``model`` entry with
+    ``model`` overrides (``arch``, ``num_classes``, ``in_channels``) on top, quantized by
+    ``policy`` (default: the checkpoint's own)."""
     from .registry import build_model
 
+    spec = {**(ckpt.get("model") or {}), **{k: v for k, v in model.items() if v is not None}}
+    sizes = {k: spec[k] for k in ("num_classes", "in_channels") if spec.get(k) is not None}
+    return build_model(spec["arch"], policy=policy if policy is not None else policy_of(ckpt), **sizes)
+
+
+def build_from_checkpoint(path) -> tuple[nn.Module, dict]:
+    """The model a project checkpoint describes, with its weights loaded."""
     ckpt = read_checkpoint(path)
     if not is_project_checkpoint(ckpt):
         raise CheckpointError(path, "is a reference checkpoint and does not say which model it "
                                     "holds; give --arch, --w-bits, --a-bits and --scheme (and --z)")
-    kwargs = model_kwargs(ckpt, **overrides)
-    model = build_model(kwargs.pop("arch"), **kwargs)
+    model = model_of(ckpt)
     load_weights(model, ckpt["state_dict"], path)
     return model, ckpt

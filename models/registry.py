@@ -1,6 +1,7 @@
 """The model registry: ``@register_model`` variants and ``build_model``."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from typing import Callable
@@ -39,19 +40,15 @@ def get_entry(arch: str) -> ModelEntry:
     return _REGISTRY[arch]
 
 
-def build_model(arch: str, *, num_classes: int = 10, in_channels: int = 3, w_bits: int = 32,
-                a_bits: int = 32, scheme: str = "apot", act_scheme: str | None = None,
-                z: float | None = None, family: str | None = None, layers=None,
-                first_last_bits: int = 8) -> nn.Module:
-    """A registered architecture, quantized by the ``quant.*`` settings of the YAML.
-
-    The keyword names are the ``quant.*`` keys; ``layers`` maps module-name globs to
-    ``w_bits``/``a_bits``/``scheme``/``act_scheme`` overrides.
-    """
+def build_model(arch: str, *, num_classes: int = 10, in_channels: int = 3,
+                policy: QuantPolicy | None = None) -> nn.Module:
+    """A registered architecture, quantized by ``policy`` (the ``quant`` section of a trial;
+    full precision with 8-bit first and last layers when None). A policy without a
+    ``family`` takes the architecture's."""
     entry = get_entry(arch)
-    policy = QuantPolicy(w_bits=w_bits, a_bits=a_bits, scheme=scheme, act_scheme=act_scheme, z=z,
-                         layers=tuple((layers or {}).items()), first_last_bits=first_last_bits,
-                         family=family or entry.family)
+    policy = policy if policy is not None else QuantPolicy()
+    if policy.family is None:
+        policy = dataclasses.replace(policy, family=entry.family)
     model = entry.fn(num_classes=num_classes, in_channels=in_channels)
     model.arch = arch
     return quantize_model(model, policy)

@@ -35,7 +35,15 @@ _APOT_BASES = {
 
 
 class QuantConfigError(ValueError):
-    """An unsupported combination of bits, scheme and Z."""
+    """An unsupported combination of bits, scheme and Z. ``key`` is the offending key
+    below ``quant`` (``w_bits``, ``z``, ``layers.layer2.*.w_bits``) when one is known."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self):
+        return type(self), (str(self), self.key)
 
 
 def _fmt(values) -> str:
@@ -64,8 +72,14 @@ def check_weight(bits: int, scheme: str, z: float | None = None) -> None:
                 "Use w_bits: 2 with ngrid, or another scheme (apot, pot, uniform)")
         check_z(z)
     elif z is not None:
-        raise QuantConfigError(
-            f"z={z!r} belongs to scheme 'ngrid' only; remove quant.z or set quant.scheme: ngrid")
+        raise z_without_ngrid(z, scheme)
+
+
+def z_without_ngrid(z, scheme: str) -> QuantConfigError:
+    """The error of a Z given where no layer uses scheme 'ngrid' (the one wording of it)."""
+    shown = f"{z:g}" if isinstance(z, (int, float)) and not isinstance(z, bool) else repr(z)
+    return QuantConfigError(f"z={shown} belongs to scheme 'ngrid' only (quant.scheme is {scheme!r}); "
+                            "remove quant.z, or set quant.scheme: ngrid", "z")
 
 
 def check_z(z) -> float:

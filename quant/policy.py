@@ -12,6 +12,7 @@ those follow ``first_last_bits`` (fixed-point weights, inputs not quantized).
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 
@@ -20,12 +21,11 @@ from torch import nn
 
 from .layers import QuantConv2d, QuantLinear
 from .levels import (FULL_PRECISION, QuantConfigError, check_act, check_scheme, check_weight,
-                     default_act_scheme)
+                     check_z, default_act_scheme, z_without_ngrid)
 from .quantizers import ActQuantizer, FixedPointWeight, WeightQuantizer
 
-FAMILIES = ("cifar", "imagenet")
-LAYER_KEYS = ("w_bits", "a_bits", "scheme", "act_scheme")
-FIRST_LAST_BITS = tuple(range(2, 9)) + (FULL_PRECISION,)
+FAMILIES = ("cifar",)               # quantized-conv families available (imagenet comes later)
+LAYER_KEYS = ("w_bits", "a_bits", "scheme", "act_scheme")   # what a quant.layers entry may set
 
 
 @dataclass(frozen=True)
@@ -42,41 +42,136 @@ class LayerSpec:
         return self.w_bits != FULL_PRECISION or self.a_bits != FULL_PRECISION
 
 
+# ---- the checks of one value of a key (the values already parsed: ints, floats, strings)
+
+def _w_bits(n):
+    check_weight(n, "uniform")          # 1..5 or 32; w_bits 1 model-wide is refused below
+    return n
+
+
+def _a_bits(n):
+    check_act(n, "uniform")
+    return n
+
+
+def _act_scheme(name):
+    check_act(FULL_PRECISION, name)
+    return name
+
+
+def _family(name):
+    if name == "imagenet":
+        raise QuantConfigError("family 'imagenet' (the reference's ImageNet/MNIST quantized conv) is "
+                               "not available yet; use family: cifar (or leave it out)")
+    if name not in FAMILIES:
+        raise QuantConfigError(f"unknown family {name!r}; expected one of: {', '.join(FAMILIES)} "
+                               "(or leave it out: the architecture's own)")
+    return name
+
+
+def _first_last_bits(n):
+    if isinstance(n, bool) or not (n in range(2, 9) or n == FULL_PRECISION):
+        raise QuantConfigError(f"first_last_bits={n} is not supported; the first conv and last "
+                               "linear layer take 2 to 8 bits, or 32 (not quantized)")
+    return n
+
+
+def _layers(layers):
+    """``{glob: {key: value}}`` or ``((glob, {...}), ...)`` -> ``((glob, {...}), ...)``."""
+    pairs = layers.items() if isinstance(layers, dict) else layers
+    out = []
+    for glob, override in pairs:
+        if not isinstance(override, dict):
+            raise QuantConfigError(f"layers[{glob!r}]: expected a mapping of {', '.join(LAYER_KEYS)}, "
+                                   f"got {override!r}", f"layers.{glob}")
+        unknown = sorted(set(override) - set(LAYER_KEYS))
+        if unknown:
+            raise QuantConfigError(f"layers[{glob!r}]: unknown key(s) {', '.join(unknown)}; "
+                                   f"allowed: {', '.join(LAYER_KEYS)}", f"layers.{glob}.{unknown[0]}")
+        out.append((str(glob), dict(override)))
+    return tuple(out)
+
+
+def _key(default, kind, check, null=False):
+    """A ``quant.*`` key: its default, which values it parses to (``int``, ``float``, ``any``:
+    also which search distributions fit it), its check, and whether ``None`` is allowed. The
+    configuration derives its ``quant.*`` keys from these (``sweep.config.keys``): each key
+    is declared only here."""
+    return field(default=default, metadata={"kind": kind, "check": check, "null": null})
+
+
 @dataclass(frozen=True)
 class QuantPolicy:
-    w_bits: int = FULL_PRECISION
-    a_bits: int = FULL_PRECISION
-    scheme: str = "apot"
-    act_scheme: str | None = None
-    z: float | None = None
-    layers: tuple = ()              # ((glob, {key: value}), ...) in file order
-    first_last_bits: int = 8
-    family: str = "cifar"
+    """The ``quant`` section: model-wide settings and per-layer overrides, checked on
+    construction (every error names its key below ``quant`` in ``QuantConfigError.key``)."""
+    w_bits: int = _key(FULL_PRECISION, "int", _w_bits)       # 2..5; 32 = full precision
+    a_bits: int = _key(FULL_PRECISION, "int", _a_bits)
+    scheme: str = _key("apot", "any", check_scheme)
+    act_scheme: str | None = _key(None, "any", _act_scheme, null=True)   # None: from scheme
+    family: str | None = _key(None, "any", _family, null=True)   # None: the architecture's
+    z: float | None = _key(None, "float", check_z, null=True)     # ngrid's Z (2-bit weights)
+    first_last_bits: int = _key(8, "int", _first_last_bits)  # first conv, last linear
+    layers: tuple = _key((), "layers", _layers)   # ((glob, {key: value}), ...) in file order
 
     def __post_init__(self):
-        if isinstance(self.layers, dict):
-            object.__setattr__(self, "layers", tuple(self.layers.items()))
-        object.__setattr__(self, "layers", tuple((g, dict(o)) for g, o in self.layers))
-        if self.family not in FAMILIES:
-            raise QuantConfigError(f"family {self.family!r} is unknown; expected one of: "
-                                   f"{', '.join(FAMILIES)}")
-        if self.family == "imagenet":
-            raise QuantConfigError("family 'imagenet' (the reference's ImageNet/MNIST quantized "
-                                   "conv) is not available yet; use family: cifar")
-        if self.first_last_bits not in FIRST_LAST_BITS:
-            raise QuantConfigError(f"first_last_bits={self.first_last_bits!r} is not supported; "
-                                   "use 2-8 (fixed point) or 32 (not quantized)")
-        check_scheme(self.scheme)
-        if self.z is not None and self.scheme != "ngrid" and not any(
-                o.get("scheme") == "ngrid" for _, o in self.layers):
-            raise QuantConfigError(f"z={self.z!r} belongs to scheme 'ngrid' only; remove quant.z "
-                                   "or set quant.scheme: ngrid")
-        for glob, override in self.layers:
-            unknown = sorted(set(override) - set(LAYER_KEYS))
-            if unknown:
-                raise QuantConfigError(f"layers[{glob!r}]: unknown key(s) {', '.join(unknown)}; "
-                                       f"allowed: {', '.join(LAYER_KEYS)}")
-        self.spec_for("")  # the model-wide setting itself must be valid
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None or not f.metadata["null"]:
+                try:
+                    object.__setattr__(self, f.name, f.metadata["check"](value))
+                except QuantConfigError as exc:
+                    raise QuantConfigError(str(exc), exc.key or f.name) from None
+        self._check_combinations()
+
+    def _check_combinations(self):
+        w, a, scheme, z = self.w_bits, self.a_bits, self.scheme, self.z
+        act = self.act_scheme or default_act_scheme(scheme)
+
+        def check(key, fn, *args):
+            try:
+                fn(*args)
+            except QuantConfigError as exc:
+                raise QuantConfigError(str(exc), key) from None
+
+        if w == 1:
+            raise QuantConfigError("w_bits=1 (binary weights) is for per-layer bit allocation only: "
+                                   "set it on layers in quant.layers", "w_bits")
+        check("z" if scheme == "ngrid" and w == 2 else "w_bits", check_weight, w, scheme,
+              z if scheme == "ngrid" else None)
+        check("act_scheme" if self.act_scheme else "a_bits", check_act, a, act)
+        for glob, entry in self.layers:
+            lw, ls = entry.get("w_bits", w), entry.get("scheme", scheme)
+            if "w_bits" in entry or "scheme" in entry:
+                own = "w_bits" if "w_bits" in entry else "scheme"
+                key = "z" if ls == "ngrid" and lw == 2 else f"layers.{glob}.{own}"
+                check(key, check_weight, lw, ls, z if ls == "ngrid" else None)
+            if "a_bits" in entry or "act_scheme" in entry:
+                own = "act_scheme" if entry.get("act_scheme") else "a_bits"
+                las = entry.get("act_scheme") or self.act_scheme or default_act_scheme(ls)   # as spec_for
+                check(f"layers.{glob}.{own}", check_act, entry.get("a_bits", a), las)
+        if z is not None and scheme != "ngrid" and not any(e.get("scheme") == "ngrid" for _, e in self.layers):
+            raise z_without_ngrid(z, scheme)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "QuantPolicy":
+        """The policy of a ``quant`` mapping: the YAML section, ``to_dict()``, or the ``quant``
+        entry of a project checkpoint (``layers`` as a mapping or as ``[[glob, {...}], ...]``);
+        missing keys take their defaults."""
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise QuantConfigError(f"unknown quant key(s) {', '.join(unknown)}; allowed: "
+                                   f"{', '.join(f.name for f in dataclasses.fields(cls))}", unknown[0])
+        return cls(**d)
+
+    def to_dict(self, layer_pairs: bool = False) -> dict:
+        """Plain values by key; ``layers`` as ``{glob: {...}}`` (the YAML's shape), or with
+        ``layer_pairs`` as ``[[glob, {...}], ...]`` (a checkpoint's: the order survives any
+        serialiser)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["layers"] = ([[g, dict(o)] for g, o in self.layers] if layer_pairs
+                         else {g: dict(o) for g, o in self.layers})
+        return out
 
     def spec_for(self, name: str) -> LayerSpec:
         """The quantization of the module called ``name`` (a fully-qualified name)."""
@@ -125,7 +220,7 @@ def check_layer_globs(names, globs, arch: str = "this model") -> None:
     for glob in globs:
         if not any(fnmatch.fnmatchcase(n, glob) for n in names):
             raise QuantConfigError(f"matches no quantizable layer of {arch}; its layers are named "
-                                   f"like {', '.join(names[:2])}, {names[-1]}", glob)
+                                   f"like {', '.join(names[:2])}, {names[-1]}", f"layers.{glob}")
 
 
 def quantize_model(model: nn.Module, policy: QuantPolicy) -> nn.Module:
@@ -135,7 +230,7 @@ def quantize_model(model: nn.Module, policy: QuantPolicy) -> nn.Module:
         check_layer_globs(quantized_layer_names(model), [g for g, _ in policy.layers],
                           getattr(model, "arch", type(model).__name__))
     except QuantConfigError as exc:
-        raise QuantConfigError(f"quant.layers pattern {exc.args[1]!r} {exc.args[0]}") from None
+        raise QuantConfigError(f"quant.layers pattern {exc.key[len('layers.'):]!r} {exc}") from None
     for name, module in list(model.named_modules()):
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or isinstance(module, (QuantConv2d, QuantLinear)):
             continue

@@ -16,10 +16,9 @@ import time
 
 import torch
 
-import models
 import quant
-from models.checkpoint import (CheckpointError, is_project_checkpoint, load_weights, model_kwargs,
-                               read_checkpoint)
+from models.checkpoint import (CheckpointError, is_project_checkpoint, load_weights, model_of,
+                               policy_of, read_checkpoint)
 from sweep.train.data import DataError, load_data
 from sweep.train.evaluate import evaluate_model
 from sweep.train.loader import BatchLoader
@@ -51,22 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_kwargs(args, ckpt: dict, bundle) -> dict:
-    given = {"arch": args.arch, "w_bits": args.w_bits, "a_bits": args.a_bits, "scheme": args.scheme,
-             "act_scheme": args.act_scheme, "z": args.z, "first_last_bits": args.first_last_bits,
-             "num_classes": args.num_classes}
-    given = {k: v for k, v in given.items() if v is not None}
-    if is_project_checkpoint(ckpt):
-        kw = model_kwargs(ckpt, **given)
-    else:
+def _model(args, ckpt: dict, bundle):
+    """The model to score and its policy: a project checkpoint's own, the flags on top; a
+    reference checkpoint's from the flags alone."""
+    quant_flags = {"w_bits": args.w_bits, "a_bits": args.a_bits, "scheme": args.scheme,
+                   "act_scheme": args.act_scheme, "z": args.z, "first_last_bits": args.first_last_bits}
+    quant_flags = {k: v for k, v in quant_flags.items() if v is not None}
+    if not is_project_checkpoint(ckpt):
+        given = {**({"arch": args.arch} if args.arch else {}), **quant_flags}
         need = [f"--{k.replace('_', '-')}" for k in ("arch", "w_bits", "a_bits", "scheme") if k not in given]
         if need:
             raise CheckpointError(args.checkpoint, "is a reference checkpoint, which does not say "
                                                    f"which model it holds; give {', '.join(need)}")
-        kw = dict(given)
-    kw.setdefault("num_classes", bundle.num_classes)
-    kw.setdefault("in_channels", bundle.in_channels)
-    return kw
+        ckpt = {"model": {}}
+    policy = policy_of(ckpt, **quant_flags)
+    saved = ckpt.get("model") or {}
+    model = model_of(ckpt, policy, arch=args.arch,
+                     num_classes=args.num_classes or saved.get("num_classes") or bundle.num_classes,
+                     in_channels=saved.get("in_channels") or bundle.in_channels)
+    return model, policy
 
 
 def main(argv=None) -> int:
@@ -81,8 +83,7 @@ def main(argv=None) -> int:
                     "mean": saved_data.get("mean"), "std": saved_data.get("std"),
                     "crop_pad": 0, "flip": False, "synthetic": saved_data.get("synthetic") or {}}
         bundle = load_data(data_cfg)
-        kw = _model_kwargs(args, ckpt, bundle)
-        model = models.build_model(kw.pop("arch"), **kw)
+        model, policy = _model(args, ckpt, bundle)
         info = load_weights(model, ckpt["state_dict"], args.checkpoint)
     except (CheckpointError, DataError, quant.QuantConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     out = {"checkpoint": str(args.checkpoint), "dataset": bundle.name, "split": args.split,
            "accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
            "loss": result["loss"], "alphas": alphas, "arch": model.arch,
-           "quant": {k: v for k, v in kw.items() if k not in ("num_classes", "in_channels")},
+           "quant": policy.to_dict(),
            "missing_alphas": info["missing_alphas"], "seconds": round(seconds, 3)}
     if args.json:
         print(json.dumps(out))

@@ -28,7 +28,7 @@ import sys
 
 from sweep.config import ConfigError, Experiment, load_experiment, resolve_trial
 from sweep.tune.plan import StagePlan, concrete_candidates, plan_stage
-from sweep.config.fields import is_uri
+from sweep.config.checks import is_uri
 from sweep.tune.lineage import check_sources, data_key
 
 __all__ = ["main", "build_parser"]

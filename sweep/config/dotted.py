@@ -1,11 +1,23 @@
-"""Dotted keys (``quant.w_bits``): reading and writing them in nested trees, and
-flattening a tree to the dotted names MLflow parameters use."""
+"""Dotted keys (``quant.w_bits``): reading and writing them in nested trees, flattening a
+tree to the dotted names MLflow parameters use, and the one sanitiser of those names."""
 from __future__ import annotations
 
 import re
 
 
 _MISSING = object()
+_MAX_KEY = 250                                   # MLflow's longest key
+_BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")      # what MLflow accepts in param/metric/tag keys
+
+
+def sanitize_key(key: str) -> str:
+    """A key MLflow accepts: ``*``, ``[``, ``]`` and any other character outside
+    alphanumerics, ``_ - . / : space`` become ``_``; empty path parts are avoided.
+    ``quant.layers.layer2.*.w_bits`` -> ``quant.layers.layer2._.w_bits``."""
+    out = _BAD_KEY_CHARS.sub("_", str(key))
+    out = re.sub(r"/{2,}", "/", out).strip("/")
+    out = "/".join("_" if part in (".", "..") else part for part in out.split("/"))
+    return out[:_MAX_KEY] or "_"
 
 
 def get_dotted(tree: dict, key: str, default=_MISSING):
@@ -29,12 +41,12 @@ def set_dotted(tree: dict, key: str, value) -> None:
 
 def flatten(tree: dict, prefix: str = "") -> dict:
     """Dotted keys -> values (MLflow parameters). A ``quant.layers`` glob becomes one key
-    part with ``*`` (and other characters MLflow refuses) written ``_``:
+    part through ``sanitize_key`` (``*`` and other characters MLflow refuses written ``_``):
     ``quant.layers.layer2._.w_bits``. Lists and distributions stay values."""
     out = {}
     for key, value in tree.items():
         if prefix == "quant.layers":
-            key = re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(key))
+            key = sanitize_key(key)
         full = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict) and value:
             out.update(flatten(value, full))

@@ -20,12 +20,12 @@ import yaml
 
 from sweep.config.dotted import get_dotted, set_dotted
 from sweep.config.errors import ConfigError
-from sweep.config.fields import (FIELDS, STAGE_TOPS, TOP_SECTIONS, TRIAL_SECTIONS, Invalid, check_leaf,
-                                 check_name, is_uri, join_key, leaves)
+from sweep.config.checks import Invalid, check_name, is_uri, join_key
+from sweep.config.keys import KEYS, TOP_SECTIONS, check_leaf, leaves
 from sweep.config.space import Grid, find_distributions, has_distributions
 from sweep.config.trial import resolve_trial
-from sweep.config.tree import (InitFrom, ResourcesConfig, SchedulerConfig, SearchConfig,
-                               TrackingConfig, TrialConfig)
+from sweep.config.schema import (STAGE_TOPS, TRIAL_SECTIONS, InitFrom, ResourcesConfig, SchedulerConfig,
+                                 SearchConfig, TrackingConfig, TrialConfig)
 
 _MAX_COMBOS = 2048          # concrete trees tried per arm when validating a space
 
@@ -154,7 +154,7 @@ def load_experiment(path, overrides=(), cwd: str | None = None) -> Experiment:
     stages_raw, name = raw.pop("stages", None), raw.pop("name", None)
 
     base, prov = {}, {}
-    for key, field in FIELDS.items():
+    for key, field in KEYS.items():
         set_dotted(base, key, check_leaf(key, copy.deepcopy(field.default), cwd))
     for key, value in _checked_pairs(raw, TOP_SECTIONS, cwd, shown, ""):
         set_dotted(base, key, value)

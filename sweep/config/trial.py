@@ -1,20 +1,22 @@
 """One trial's ``TrialConfig`` from a concrete tree: defaults filled in, every value
-checked, and the cross-field checks (bits, schemes, Z, layer globs)."""
+checked, the data cross-checks, and the ``quant`` section built as a ``QuantPolicy``
+(which checks bits, schemes, Z and the layer overrides itself); layer globs are matched
+against the architecture's layers."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
-from quant.levels import QuantConfigError, check_act, check_weight, default_act_scheme
-from quant.policy import check_layer_globs, quantized_layer_names
+from quant.levels import QuantConfigError, default_act_scheme
+from quant.policy import QuantPolicy, check_layer_globs, quantized_layer_names
+from sweep.config.checks import Invalid, join_key
 from sweep.config.errors import ConfigError
-from sweep.config.fields import FIELDS, TRIAL_SECTIONS, Invalid, check_leaf, join_key, leaves
+from sweep.config.keys import KEYS, TRIAL_SECTIONS, check_leaf, leaves
+from sweep.config.schema import DataConfig, InitFrom, ModelConfig, SyntheticConfig, TrainConfig, TrialConfig
 from sweep.config.space import has_distributions
-from sweep.config.tree import (DataConfig, InitFrom, LayerOverride, ModelConfig, QuantConfig,
-                               SyntheticConfig, TrainConfig, TrialConfig)
 
 _EXPERIMENT_KEYS = ("name", "stages", "search", "resources", "tracking")
-_TRIAL_DEFAULTS = {k: f.default for k, f in FIELDS.items() if k.split(".")[0] in TRIAL_SECTIONS}
-
+_TRIAL_DEFAULTS = {k: f.default for k, f in KEYS.items() if k.split(".")[0] in TRIAL_SECTIONS}
 
 
 def resolve_trial(tree: dict, cwd: str | None = None) -> TrialConfig:
@@ -58,48 +60,27 @@ def _build_trial(v: dict) -> TrialConfig:
                           f"{len(data['mean'])}; give one per channel in both")
     data.update(mean=tup(data["mean"]), std=tup(data["std"]),
                 synthetic=SyntheticConfig(**sec("data.synthetic")))
-    quant = sec("quant")
-    quant["act_scheme"] = _check_quant(quant)
-    _check_layer_globs(v["model.arch"], quant["layers"])
-    quant["layers"] = tuple(LayerOverride(p, **e) for p, e in quant["layers"].items())
+    quant = quant_policy(sec("quant"), v["model.arch"])
     train = sec("train")
     train["milestones"] = tuple(train["milestones"])
     if isinstance(train["init"], dict):
         train["init"] = InitFrom(train["init"]["best_of"], tuple(train["init"].get("match") or ()))
-    return TrialConfig(DataConfig(**data), ModelConfig(**sec("model")),
-                       QuantConfig(**quant), TrainConfig(**train))
+    return TrialConfig(DataConfig(**data), ModelConfig(**sec("model")), quant, TrainConfig(**train))
 
 
-def _check_quant(q: dict) -> str:
-    """Cross-checks of bits, schemes, Z and the layer overrides; returns the act scheme."""
-    w, a, scheme, z = q["w_bits"], q["a_bits"], q["scheme"], q["z"]
-    act = q["act_scheme"] or default_act_scheme(scheme)
-
-    def check(key, fn, *args):
+def quant_policy(values: dict, arch: str) -> QuantPolicy:
+    """The checked ``QuantPolicy`` of the ``quant`` keys, ``act_scheme`` resolved; its
+    errors as ConfigErrors at ``quant.<key>``."""
+    try:
+        policy = QuantPolicy.from_dict(values)
+    except QuantConfigError as exc:
+        raise ConfigError(None, f"quant.{exc.key}" if exc.key else "quant", str(exc)) from None
+    if policy.layers:
         try:
-            fn(*args)
+            check_layer_globs(_layer_names(arch), [g for g, _ in policy.layers], arch)
         except QuantConfigError as exc:
-            raise ConfigError(None, key, str(exc)) from None
-
-    if w == 1 and q["budget"] is None:
-        raise ConfigError(None, "quant.w_bits", "w_bits=1 (binary weights) is for per-layer bit "
-                          "allocation only: set it on layers in quant.layers, or give quant.budget")
-    zkey = "quant.z" if scheme == "ngrid" and w == 2 else "quant.w_bits"
-    check(zkey, check_weight, w, scheme, z if scheme == "ngrid" else None)
-    check("quant.act_scheme" if q["act_scheme"] else "quant.a_bits", check_act, a, act)
-    for pattern, entry in q["layers"].items():
-        lw, ls = entry.get("w_bits", w), entry.get("scheme", scheme)
-        if "w_bits" in entry or "scheme" in entry:
-            own = "w_bits" if "w_bits" in entry else "scheme"
-            key = "quant.z" if ls == "ngrid" and lw == 2 else f"quant.layers.{pattern}.{own}"
-            check(key, check_weight, lw, ls, z if ls == "ngrid" else None)
-        if "a_bits" in entry:
-            check(f"quant.layers.{pattern}.a_bits", check_act, entry["a_bits"], act)
-    ngrid_used = scheme == "ngrid" or any(e.get("scheme") == "ngrid" for e in q["layers"].values())
-    if z is not None and not ngrid_used:
-        raise ConfigError(None, "quant.z", f"z={z:g} belongs to scheme 'ngrid' only (quant.scheme is "
-                          f"{scheme!r}); remove quant.z, or set quant.scheme: ngrid")
-    return act
+            raise ConfigError(None, f"quant.{exc.key}", str(exc)) from None
+    return dataclasses.replace(policy, act_scheme=policy.act_scheme or default_act_scheme(policy.scheme))
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,13 +88,3 @@ def _layer_names(arch: str) -> tuple:
     """The quantizable layer names of an architecture (built once, float, on the CPU)."""
     import models
     return tuple(quantized_layer_names(models.get_entry(arch).fn()))
-
-
-def _check_layer_globs(arch: str, layers: dict) -> None:
-    if layers:
-        try:
-            check_layer_globs(_layer_names(arch), list(layers), arch)
-        except QuantConfigError as exc:
-            raise ConfigError(None, f"quant.layers.{exc.args[1]}", exc.args[0]) from None
-
-

@@ -45,6 +45,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from sweep.config.dotted import sanitize_key
 from sweep.files import atomic_write_json
 from sweep.track.names import (_END_TAGS, BEST_RUN_TAG, CHECKPOINT_ARTIFACT,
                                CHECKPOINT_DIR, CHECKPOINT_FILE, ERROR_ARTIFACT, ERROR_TAG,
@@ -65,20 +66,10 @@ _MAX_TAG_VALUE = 8000
 _ERROR_TAG_CHARS = 4000            # the full text goes to error.txt
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_TAGS_PER_BATCH = 100
-_BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")  # what MLflow accepts in param/metric/tag keys
 _STATE_VERSION = 1
 
 
 # ------------------------------------------------------------------- params, keys
-
-def sanitize_key(key: str) -> str:
-    """A key MLflow accepts: ``*``, ``[``, ``]`` and any other character outside
-    alphanumerics, ``_ - . / : space`` become ``_``; empty path parts are avoided."""
-    out = _BAD_KEY_CHARS.sub("_", str(key))
-    out = re.sub(r"/{2,}", "/", out).strip("/")
-    out = "/".join("_" if part in (".", "..") else part for part in out.split("/"))
-    return out[:_MAX_KEY] or "_"
-
 
 def _truncate(text: str, limit: int) -> str:
     mark = "...[truncated]"

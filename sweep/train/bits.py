@@ -46,11 +46,9 @@ def bits_label(model: nn.Module) -> str:
 def checkpoint_bits_label(path) -> str | None:
     """The label of a project checkpoint file; None for a reference checkpoint (which
     does not say how it was quantized)."""
-    from models.checkpoint import is_project_checkpoint, model_kwargs, read_checkpoint
-    from models.registry import build_model
+    from models.checkpoint import is_project_checkpoint, model_of, read_checkpoint
 
     ckpt = read_checkpoint(path)
     if not is_project_checkpoint(ckpt):
         return None
-    kwargs = model_kwargs(ckpt)
-    return bits_label(build_model(kwargs.pop("arch"), **kwargs))
+    return bits_label(model_of(ckpt))

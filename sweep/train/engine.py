@@ -61,15 +61,6 @@ def lr_factor(train_cfg, epoch0: int, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def model_kwargs(cfg: TrialConfig, data: DataBundle) -> dict:
-    q = cfg.quant.to_dict()
-    return {"num_classes": cfg.model.num_classes or data.num_classes,
-            "in_channels": cfg.model.in_channels or data.in_channels,
-            "w_bits": q["w_bits"], "a_bits": q["a_bits"], "scheme": q["scheme"],
-            "act_scheme": q["act_scheme"], "z": q["z"], "family": q["family"],
-            "layers": q["layers"], "first_last_bits": q["first_last_bits"]}
-
-
 class Trainer:
     def __init__(self, cfg: TrialConfig, data: DataBundle | None = None, *, metric: str = "val_acc",
                  mode: str = "max", init_path: str | None = None, log: Callable[[str], None] = print):
@@ -78,13 +69,11 @@ class Trainer:
         self.device = resolve_device(t.device)
         torch.manual_seed(t.seed)
         self.data = data if data is not None else load_data(cfg.data)
-        kw = model_kwargs(cfg, self.data)
-        self.model = models.build_model(cfg.model.arch, **kw)
-        self.model_cfg = {"arch": cfg.model.arch, "num_classes": kw["num_classes"],
-                          "in_channels": kw["in_channels"]}
-        self.quant_cfg = {k: kw[k] for k in ("w_bits", "a_bits", "scheme", "act_scheme", "z",
-                                               "family", "first_last_bits")}
-        self.quant_cfg["layers"] = [[g, o] for g, o in (kw["layers"] or {}).items()]
+        self.model_cfg = {"arch": cfg.model.arch,
+                          "num_classes": cfg.model.num_classes or self.data.num_classes,
+                          "in_channels": cfg.model.in_channels or self.data.in_channels}
+        self.model = models.build_model(cfg.model.arch, num_classes=self.model_cfg["num_classes"],
+                                        in_channels=self.model_cfg["in_channels"], policy=cfg.quant)
         self.init_info = self._load_init(init_path if init_path is not None else t.init)
         self.model.to(self.device)
         if t.channels_last:
@@ -241,7 +230,7 @@ class Trainer:
             extra = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                      "best": self.best, "history": self.history,
                      "rng": {"torch": torch.get_rng_state()}}
-        return save_checkpoint(path, self.model, model_cfg=self.model_cfg, quant_cfg=self.quant_cfg,
+        return save_checkpoint(path, self.model, model_cfg=self.model_cfg, quant_cfg=self.cfg.quant,
                                data_cfg=data_cfg, config=self.cfg.to_dict(), epoch=self.epoch,
                                metrics=metrics if metrics is not None else (self.history[-1] if self.history else {}),
                                prov=self.provenance, extra=extra)

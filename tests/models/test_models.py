@@ -5,12 +5,12 @@ import torch.nn.functional as F
 
 import models
 from models import CheckpointError, build_from_checkpoint, load_weights, read_checkpoint, save_checkpoint
-from quant import QuantConv2d
+from quant import QuantConv2d, QuantPolicy
 
 
 @pytest.mark.parametrize("arch", models.list_models())
 def test_registered_model_forward_backward(arch):
-    m = models.build_model(arch, w_bits=4, a_bits=4, num_classes=7)
+    m = models.build_model(arch, num_classes=7, policy=QuantPolicy(w_bits=4, a_bits=4))
     x = torch.randn(2, 3, 32, 32)
     out = m(x)
     assert out.shape == (2, 7)
@@ -20,7 +20,7 @@ def test_registered_model_forward_backward(arch):
 
 
 def test_mnist_shaped_input_one_channel():
-    m = models.build_model("resnet20", w_bits=2, a_bits=2, in_channels=1)
+    m = models.build_model("resnet20", in_channels=1, policy=QuantPolicy(w_bits=2, a_bits=2))
     assert m(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
@@ -33,13 +33,13 @@ def test_full_precision_model_keeps_8bit_first_and_last():
     m = models.build_model("resnet20")
     assert isinstance(m.conv1, QuantConv2d) and m.conv1.act_quant is None
     assert not isinstance(m.layer1[0].conv1, QuantConv2d)
-    fp = models.build_model("resnet20", first_last_bits=32)
+    fp = models.build_model("resnet20", policy=QuantPolicy(first_last_bits=32))
     assert not isinstance(fp.conv1, QuantConv2d)
 
 
 def test_project_checkpoint_round_trip(tmp_path):
-    m = models.build_model("resnet20", w_bits=2, a_bits=2, scheme="ngrid", z=4.0,
-                           layers={"layer3.*": {"w_bits": 3, "scheme": "apot"}})
+    m = models.build_model("resnet20", policy=QuantPolicy(
+        w_bits=2, a_bits=2, scheme="ngrid", z=4.0, layers={"layer3.*": {"w_bits": 3, "scheme": "apot"}}))
     with torch.no_grad():
         m.layer3[0].conv1.weight_quant.wgt_alpha.fill_(1.7)
     path = save_checkpoint(tmp_path / "best.pt", m,
@@ -86,7 +86,7 @@ def test_full_precision_checkpoint_starts_quantized_model_keeping_alphas(tmp_pat
     fp = models.build_model("resnet20")
     path = tmp_path / "fp.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in fp.state_dict().items()}, "best_prec": 1.0}, path)
-    q = models.build_model("resnet20", w_bits=4, a_bits=4)
+    q = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4))
     info = load_weights(q, read_checkpoint(path)["state_dict"], path)
     assert len(info["missing_alphas"]) == 40
     assert float(q.layer2[0].conv1.act_quant.act_alpha.detach()) == 8.0
@@ -94,7 +94,41 @@ def test_full_precision_checkpoint_starts_quantized_model_keeping_alphas(tmp_pat
 
 
 def test_reference_checkpoints_load_with_their_alphas(apot_ckpt_dir):
-    q = models.build_model("resnet20", w_bits=4, a_bits=4)
+    q = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4))
     ckpt = read_checkpoint(apot_ckpt_dir / "w4a4_model_best.pth.tar")
     assert load_weights(q, ckpt["state_dict"]) == {"missing_alphas": [], "ignored_alphas": []}
     assert float(q.layer1[0].conv1.act_quant.act_alpha.detach()) == float(ckpt["state_dict"]["layer1.0.conv1.act_alpha"])
+
+
+def test_build_model_takes_the_policy_itself():
+    policy = QuantPolicy(w_bits=3, a_bits=4, scheme="uniform", layers={"layer3.*": {"w_bits": 2}})
+    m = models.build_model("resnet20", num_classes=5, in_channels=1, policy=policy)
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    assert m.quant_policy.family == "cifar"                      # the architecture's, filled in
+    assert m.quant_policy == QuantPolicy(**{**policy.to_dict(), "family": "cifar"})
+    assert m.layer3[0].conv1.weight_quant.bits == 2 and m.layer1[0].conv1.weight_quant.bits == 3
+    with pytest.raises(TypeError):
+        models.build_model("resnet20", w_bits=4)                 # no kwargs re-packing
+
+
+def test_checkpoint_quant_entry_round_trip(tmp_path):
+    """The trainer stores QuantPolicy.to_dict(layer_pairs=True); checkpoints written before
+    (the same keys, or fewer) load through the same QuantPolicy.from_dict."""
+    from models.checkpoint import model_of, policy_of
+    policy = QuantPolicy(w_bits=2, a_bits=2, scheme="apot", act_scheme="apot", first_last_bits=8,
+                         layers={"layer2.*": {"w_bits": 4, "act_scheme": "uniform"}, "layer2.0.*": {"a_bits": 3}})
+    m = models.build_model("resnet20", policy=policy)
+    path = save_checkpoint(tmp_path / "p.pt", m, model_cfg={"arch": "resnet20", "num_classes": 10, "in_channels": 3},
+                           quant_cfg=policy, data_cfg={})
+    ckpt = read_checkpoint(path)
+    assert ckpt["quant"] == policy.to_dict(layer_pairs=True)
+    assert policy_of(ckpt) == policy
+    m2, _ = build_from_checkpoint(path)
+    assert m2.quant_policy == m.quant_policy
+    old = {"format": "quant-sweep", "model": {"arch": "resnet20"},        # as written before QuantPolicy
+           "quant": {"w_bits": 4, "a_bits": 4, "scheme": "apot", "act_scheme": "apot", "z": None,
+                     "family": "cifar", "first_last_bits": 8, "layers": [["layer3.*", {"a_bits": 2}]]}}
+    assert policy_of(old) == QuantPolicy(w_bits=4, a_bits=4, act_scheme="apot", family="cifar",
+                                         layers={"layer3.*": {"a_bits": 2}})
+    assert policy_of(old, w_bits=3).w_bits == 3
+    assert model_of(old).layer3[0].conv1.act_quant.bits == 2

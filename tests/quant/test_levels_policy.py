@@ -49,7 +49,7 @@ def test_thresholds_agree_with_reference_rule_everywhere():
     (dict(bits=2, scheme="ngrid", z=0.0), r"z=0.0 is not allowed; ngrid's Z must be a real number > 0"),
     (dict(bits=2, scheme="ngrid", z=-1), r"z=-1 is not allowed"),
     (dict(bits=2, scheme="ngrid"), r"'ngrid' needs quant.z"),
-    (dict(bits=4, scheme="apot", z=2.0), r"z=2.0 belongs to scheme 'ngrid' only"),
+    (dict(bits=4, scheme="apot", z=2.5), r"z=2.5 belongs to scheme 'ngrid' only"),
     (dict(bits=4, scheme="log2"), r"unknown scheme 'log2'; expected one of: apot, pot, uniform, ngrid"),
 ])
 def test_weight_quantizer_errors(kwargs, match):
@@ -82,22 +82,31 @@ def test_policy_ngrid_defaults_activations_to_apot():
 
 
 def test_policy_rejects_bad_layer_override():
-    with pytest.raises(QuantConfigError, match=r"quant.layers\['layer3.\*'\] for layer3.*w_bits=7"):
-        import models
-        models.build_model("resnet20", w_bits=4, a_bits=4, layers={"layer3.*": {"w_bits": 7}})
-    with pytest.raises(QuantConfigError, match=r"unknown key\(s\) bits"):
+    """Checked when the policy is built (not when a layer is first looked up), naming the key."""
+    with pytest.raises(QuantConfigError, match=r"^w_bits=7 is not supported; weights take 2, 3, 4, 5") as e:
+        QuantPolicy(w_bits=4, a_bits=4, layers={"layer3.*": {"w_bits": 7}})
+    assert e.value.key == "layers.layer3.*.w_bits"
+    with pytest.raises(QuantConfigError, match=r"unknown key\(s\) bits") as e:
         QuantPolicy(w_bits=4, a_bits=4, layers={"layer1.*": {"bits": 2}})
+    assert e.value.key == "layers.layer1.*.bits"
+    with pytest.raises(QuantConfigError, match=r"a_bits=7 is not supported") as e:
+        QuantPolicy(w_bits=4, a_bits=4, layers={"layer1.*": {"a_bits": 7}})
+    assert e.value.key == "layers.layer1.*.a_bits"
+    with pytest.raises(QuantConfigError, match=r"act_scheme 'ngrid' does not exist") as e:
+        QuantPolicy(w_bits=4, a_bits=4, layers={"layer1.*": {"act_scheme": "ngrid"}})
+    assert e.value.key == "layers.layer1.*.act_scheme"
 
 
 def test_policy_pattern_matching_nothing_is_an_error():
     import models
     with pytest.raises(QuantConfigError, match=r"'layer9.\*' matches no quantizable layer"):
-        models.build_model("resnet20", w_bits=4, a_bits=4, layers={"layer9.*": {"w_bits": 2}})
+        models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4,
+                                                          layers={"layer9.*": {"w_bits": 2}}))
 
 
 def test_alpha_floor_and_names():
     import models
-    m = models.build_model("resnet20", w_bits=4, a_bits=4)
+    m = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4))
     with torch.no_grad():
         m.layer1[0].conv1.weight_quant.wgt_alpha.fill_(-0.5)
     clamp_alphas_(m, 1e-3)
@@ -113,3 +122,41 @@ def test_loaded_negative_alpha_is_used_as_absolute_value():
     with pytest.warns(RuntimeWarning, match=r"wgt_alpha=-2.5 is negative; using its absolute value"):
         wq.load_state_dict({"wgt_alpha": torch.tensor(-2.5)})
     assert float(wq.wgt_alpha.detach()) == 2.5
+
+
+@pytest.mark.parametrize("kwargs,match,key", [
+    (dict(w_bits=1), r"w_bits=1 \(binary weights\) is for per-layer bit allocation only", "w_bits"),
+    (dict(family="imagenet"), r"family 'imagenet' .* not available yet; use family: cifar \(or leave it out\)",
+     "family"),
+    (dict(w_bits=4, z=2.0), r"z=2 belongs to scheme 'ngrid' only \(quant.scheme is 'apot'\)", "z"),
+    (dict(w_bits=2, scheme="ngrid"), r"'ngrid' needs quant.z", "z"),
+    (dict(first_last_bits=1), r"first_last_bits=1 is not supported; .* 2 to 8 bits, or 32", "first_last_bits"),
+    (dict(act_scheme="ngrid"), r"act_scheme 'ngrid' does not exist", "act_scheme"),
+])
+def test_policy_checks_itself_naming_the_key(kwargs, match, key):
+    with pytest.raises(QuantConfigError, match=match) as e:
+        QuantPolicy(**kwargs)
+    assert e.value.key == key
+
+
+def test_binary_weights_allowed_per_layer_only():
+    policy = QuantPolicy(w_bits=4, a_bits=4, layers={"layer2.*": {"w_bits": 1}})
+    assert policy.spec_for("layer2.0.conv1").w_bits == 1 and policy.spec_for("layer1.0.conv1").w_bits == 4
+
+
+def test_policy_dict_round_trip_in_both_layer_shapes():
+    import pickle
+    policy = QuantPolicy(w_bits=2, a_bits=3, scheme="ngrid", z=4.0, first_last_bits=6,
+                         layers={"layer3.*": {"w_bits": 3, "scheme": "apot", "act_scheme": "uniform"},
+                                 "layer1.0.conv1": {"a_bits": 2}})
+    assert QuantPolicy.from_dict(policy.to_dict()) == policy
+    pairs = policy.to_dict(layer_pairs=True)
+    assert pairs["layers"] == [["layer3.*", {"w_bits": 3, "scheme": "apot", "act_scheme": "uniform"}],
+                               ["layer1.0.conv1", {"a_bits": 2}]]
+    assert QuantPolicy.from_dict(pairs) == policy
+    assert QuantPolicy.from_dict({}) == QuantPolicy() and QuantPolicy.from_dict(None) == QuantPolicy()
+    with pytest.raises(QuantConfigError, match=r"unknown quant key\(s\) budget") as e:
+        QuantPolicy.from_dict({"w_bits": 4, "budget": 2.5})
+    assert e.value.key == "budget"
+    err = pickle.loads(pickle.dumps(QuantConfigError("bad", "layers.x.w_bits")))
+    assert (str(err), err.key) == ("bad", "layers.x.w_bits")

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from quant import ActQuantizer, WeightQuantizer
+from quant import ActQuantizer, QuantPolicy, WeightQuantizer
 
 
 def test_channels_last_input_gives_identical_outputs_and_gradients():
@@ -36,7 +36,7 @@ def test_bf16_inputs_are_quantized_in_float32():
 
 
 def test_bf16_autocast_channels_last_training_step_runs():
-    m = models.build_model("resnet20", w_bits=4, a_bits=4).to(memory_format=torch.channels_last)
+    m = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4)).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(x)
@@ -60,7 +60,7 @@ def test_cuda_bf16_channels_last_quantizers_equal_cpu_float32():
         g_a, g_w = aq_c(a.cuda()), wq_c(w.cuda())
     assert g_a.dtype == g_w.dtype == torch.float32
     assert torch.equal(g_a.cpu(), y_a) and torch.equal(g_w.cpu(), y_w)
-    m = models.build_model("resnet20", w_bits=4, a_bits=4).cuda().to(memory_format=torch.channels_last)
+    m = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4)).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(16, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = F.cross_entropy(m(x).float(), torch.arange(16, device="cuda") % 10)
@@ -71,7 +71,7 @@ def test_cuda_bf16_channels_last_quantizers_equal_cpu_float32():
 def test_quantized_model_traces_as_one_graph():
     """train.compile: torch.compile sees the quantizers inline (no graph breaks), so on a
     GPU the whole forward and backward fuse and replay as CUDA graphs."""
-    m = models.build_model("resnet20", w_bits=2, a_bits=3, scheme="apot")
+    m = models.build_model("resnet20", policy=QuantPolicy(w_bits=2, a_bits=3, scheme="apot"))
     explained = torch._dynamo.explain(m)(torch.randn(2, 3, 32, 32))
     assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
     assert explained.graph_count == 1

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import models
+from quant import QuantPolicy
 from sweep.cli import evaluate
 from tests.conftest import REPO
 
@@ -54,7 +55,7 @@ def test_corrupt_checkpoint_exits_2_with_one_line(tmp_path):
 
 
 def test_project_checkpoint_needs_no_flags(tmp_path, capsys):
-    m = models.build_model("resnet20", w_bits=3, a_bits=3, scheme="uniform")
+    m = models.build_model("resnet20", policy=QuantPolicy(w_bits=3, a_bits=3, scheme="uniform"))
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     path = models.save_checkpoint(
         tmp_path / "best.pt", m, model_cfg={"arch": "resnet20", "num_classes": 10, "in_channels": 3},

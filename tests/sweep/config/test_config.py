@@ -96,8 +96,9 @@ def test_realistic_file(tmp_path):
     cfg = resolve_trial(arms[0])
     assert cfg.train.weight_decay == 1e-4 and cfg.data.root == str(tmp_path / "data")
     assert cfg.quant.act_scheme == "apot"
-    assert [l.pattern for l in cfg.quant.layers] == ["layer3.*", "*.downsample.0"]
-    assert cfg.quant.for_layer("layer3.0.downsample.0") == (4, 3, "uniform")
+    assert [glob for glob, _ in cfg.quant.layers] == ["layer3.*", "*.downsample.0"]
+    spec = cfg.quant.spec_for("layer3.0.downsample.0")
+    assert (spec.w_bits, spec.a_bits, spec.scheme) == (4, 3, "uniform")
 
 
 def test_trial_roundtrip_and_flatten(tmp_path):
@@ -228,7 +229,22 @@ ERRORS = [
     ({"quant": "{layers: {'layer2.*': {a_bits: 7}}}"}, "a_bits=7 is not supported", "quant.layers.layer2.*.a_bits"),
     ({"quant": "{act_scheme: ngrid}"}, "weight-only grid", "quant.act_scheme"),
     ({"quant": "{first_last_bits: 1}"}, "2 to 8 bits, or 32", "quant.first_last_bits"),
-    ({"quant": "{w_bits: 1}"}, "per-layer bit allocation only", "quant.w_bits"),
+    ({"quant": "{w_bits: 1}"}, r"w_bits=1 \(binary weights\) is for per-layer bit allocation only: "
+     r"set it on layers in quant.layers$", "quant.w_bits"),
+    ({"quant": "{w_bits: {grid: [1, 2]}}"}, "per-layer bit allocation only", "quant.w_bits"),
+    ({"quant": "{budget: 2.5}"}, r"quant.budget: is not available yet: bit allocation under a budget comes later", "quant.budget"),
+    ({"quant": "{w_bits: 1, budget: 2.5}"}, "bit allocation under a budget comes later", "quant.budget"),
+    ({"quant": "{budget: null}"}, "is not available yet", "quant.budget"),
+    ({"quant": "{family: imagenet}"}, r"family 'imagenet' .* is not available yet; use family: cifar "
+     r"\(or leave it out\)", "quant.family"),
+    ({"quant": "{family: {choice: [cifar, imagenet]}}"}, "not available yet", "quant.family"),
+    ({"quant": "{layers: {'layer2.*': {act_scheme: ngrid}}}"}, "act_scheme 'ngrid' does not exist",
+     "quant.layers.layer2.*.act_scheme"),
+    ({"quant": "{layers: {'layer2.*': {act_scheme: log2}}}"}, "unknown act_scheme 'log2'",
+     "quant.layers.layer2.*.act_scheme"),
+    ({"quant": "{w_bits: 4, layers: {'layer2.*': {w_bits: 1, scheme: ngrid}}, z: 2}"},
+     "'ngrid' is a 2-bit weight grid; got w_bits=1", "quant.layers.layer2.*.w_bits"),
+    ({"data": "{synthetic: {seed: -1}}"}, "must be >= 0", "data.synthetic.seed"),
     ({"search": "{algorithm: optuna}", "train": "{lr: {grid: [0.1, 0.2]}}"},
      r"grid cannot be used with search.algorithm: optuna.*\{choice: \[\.\.\.\]\}", "train.lr"),
     ({"search": "{variants: []}"}, "empty list has no arms", "search.variants"),
@@ -328,6 +344,83 @@ def test_file_level_errors(tmp_path):
         load(tmp_path, "name: t\ntrain:\n  lr: 0.1\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match="file not found"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override,match,key", [
+    ("quant.budget=3", "bit allocation under a budget comes later", "quant.budget"),
+    ("quant.family=imagenet", "not available yet; use family: cifar", "quant.family"),
+    ("quant.w_bits=1", "per-layer bit allocation only", "quant.w_bits"),
+])
+def test_refused_knobs_from_the_command_line(tmp_path, override, match, key):
+    with pytest.raises(ConfigError, match=match) as err:
+        load(tmp_path, minimal(), [override])
+    assert err.value.key == key and err.value.file in ("--set", str(tmp_path / "x.yaml"))
+
+
+def test_refusals_exit_2_like_every_config_error(tmp_path):
+    from sweep.cli import train
+    for text in ("quant: {budget: 2.5, w_bits: 1}", "quant: {family: imagenet}", "quant: {w_bits: 1}"):
+        assert train.main([str(write(tmp_path, minimal() + text + "\n"))]) == 2
+
+
+def test_per_layer_keys_are_those_of_the_policy(tmp_path):
+    """w_bits, a_bits, scheme and act_scheme per layer, in YAML as in QuantPolicy; w_bits 1 is
+    allowed per layer (bit allocation); flatten names them like every quant.layers key."""
+    exp = load(tmp_path, minimal(quant="{w_bits: 4, a_bits: 4, scheme: apot, layers: {'layer2.*': "
+                                       "{act_scheme: uniform, a_bits: 3}, 'layer3.0.conv1': {w_bits: 1}}}"))
+    cfg = resolve_trial(exp.trial_spaces("main")[0])
+    assert cfg.quant.layers == (("layer2.*", {"act_scheme": "uniform", "a_bits": 3}),
+                                ("layer3.0.conv1", {"w_bits": 1}))
+    spec = cfg.quant.spec_for("layer2.1.conv2")
+    assert (spec.w_bits, spec.a_bits, spec.scheme, spec.act_scheme) == (4, 3, "apot", "uniform")
+    assert cfg.quant.spec_for("layer3.0.conv1").w_bits == 1
+    flat = cfg.flatten()
+    assert flat["quant.layers.layer2._.act_scheme"] == "uniform" and flat["quant.layers.layer3.0.conv1.w_bits"] == 1
+    assert resolve_trial(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    from quant.policy import LAYER_KEYS
+    assert LAYER_KEYS == ("w_bits", "a_bits", "scheme", "act_scheme")
+
+
+def test_trial_quant_section_is_the_policy():
+    from quant import QuantPolicy
+    cfg = resolve_trial({"quant": {"w_bits": 2, "a_bits": 2, "scheme": "ngrid", "z": 2}})
+    assert isinstance(cfg.quant, QuantPolicy)
+    assert cfg.quant == QuantPolicy(w_bits=2, a_bits=2, scheme="ngrid", act_scheme="apot", z=2.0)
+    assert cfg.quant.to_dict() == {"w_bits": 2, "a_bits": 2, "scheme": "ngrid", "act_scheme": "apot",
+                                   "family": None, "z": 2.0, "first_last_bits": 8, "layers": {}}
+
+
+def test_the_key_table_is_derived_from_the_schema():
+    import dataclasses
+    from quant import QuantPolicy
+    from sweep.config.keys import KEYS, SUBSECTIONS
+    from sweep.config.schema import DataConfig, SyntheticConfig, TrainConfig
+    assert {k[len("quant."):] for k in KEYS if k.startswith("quant.")} == {
+        f.name for f in dataclasses.fields(QuantPolicy)}
+    assert {k for k in KEYS if k.startswith("train.")} == {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
+    assert {k for k in KEYS if k.startswith("data.synthetic.")} == {
+        f"data.synthetic.{f.name}" for f in dataclasses.fields(SyntheticConfig)}
+    assert "data.synthetic" in SUBSECTIONS and len(dataclasses.fields(DataConfig)) == 10
+    defaults = resolve_trial({}).quant
+    assert dataclasses.replace(defaults, act_scheme=None) == QuantPolicy()   # one set of defaults
+    assert resolve_trial({}).data.synthetic.seed == 0                        # the data's own default
+
+
+def test_one_key_sanitiser_for_config_and_mlflow():
+    from sweep.config import sanitize_key
+    from sweep.track import recorder
+    assert recorder.sanitize_key is sanitize_key
+    assert sanitize_key("quant.layers.layer[12].*.w_bits") == "quant.layers.layer_12_._.w_bits"
+    flat = flatten({"quant": {"layers": {"layer[12].*": {"w_bits": 3}}}})
+    assert flat == {"quant.layers.layer_12_._.w_bits": 3}
+
+
+def test_training_side_imports_without_ray_mlflow_or_pydantic():
+    code = ("import sys, quant, models, sweep.train.engine, sweep.train.bits, sweep.cli.evaluate; "
+            "print(sorted(m for m in ('ray', 'mlflow', 'optuna', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+    assert out.stdout.strip() == "[]"
 
 
 def test_imports_without_ray_or_mlflow():

@@ -167,3 +167,21 @@ def test_whole_model_compile_trains_like_eager():
     compiled = _metrics(Trainer(_tiny(epochs=1, compile=True)))
     assert compiled[0]["train_loss"] == pytest.approx(eager[0]["train_loss"], rel=0.05)
     assert set(compiled[0]) == set(eager[0])
+
+
+def test_checkpoint_stores_the_trial_policy(tmp_path):
+    from models.checkpoint import build_from_checkpoint, policy_of, read_checkpoint
+    tree = _tiny().to_dict()
+    tree["quant"]["layers"] = {"layer2.*": {"act_scheme": "uniform", "w_bits": 4}}
+    cfg = resolve_trial(tree)
+    tr = Trainer(cfg, log=lambda s: None)
+    assert tr.model.quant_policy.layers == cfg.quant.layers
+    ckpt = read_checkpoint(tr.save(tmp_path / "last.pt", with_state=False))
+    assert ckpt["quant"] == cfg.quant.to_dict(layer_pairs=True)
+    assert ckpt["quant"]["act_scheme"] == "apot" and ckpt["quant"]["family"] is None
+    assert policy_of(ckpt) == cfg.quant
+    assert ckpt["model"] == {"arch": "resnet20", "num_classes": 10, "in_channels": 3}
+    model, _ = build_from_checkpoint(tmp_path / "last.pt")
+    x = torch.randn(2, 3, 16, 16)
+    tr.model.eval(), model.eval()
+    assert torch.equal(tr.model.cpu()(x), model(x))

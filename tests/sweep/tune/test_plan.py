@@ -116,10 +116,11 @@ def test_pick_init_matches_model_data_and_match_keys():
 
 def test_bits_labels():
     from models.registry import build_model
+    from quant import QuantPolicy
     from sweep.train.bits import bits_label, layer_bits
     assert bits_label(build_model("resnet20")) == "FP32"
-    assert bits_label(build_model("resnet20", w_bits=4, a_bits=4)) == "W4A4"
-    mixed = build_model("resnet20", w_bits=2, a_bits=2, layers={"layer3.*": {"a_bits": 4}})
+    assert bits_label(build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4))) == "W4A4"
+    mixed = build_model("resnet20", policy=QuantPolicy(w_bits=2, a_bits=2, layers={"layer3.*": {"a_bits": 4}}))
     label = bits_label(mixed)
     assert label.startswith("MIXED(w2.00,a") and label.endswith(")")
     bits = layer_bits(mixed)
