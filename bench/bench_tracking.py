@@ -1,5 +1,5 @@
 """Cost of logging one trial-epoch to MLflow: one ``log_batch`` vs one call per metric,
-against a local ``mlflow server`` and a local SQLite store (performance.md, "Tracking").
+against a local ``mlflow server`` and a local SQLite store (docs/benchmarks.md).
 
 One epoch = 20 training metrics + the weight and activation alphas of ResNet-20's 19
 quantized layers (38 metrics). Every combination runs in the same process, epochs

@@ -1,4 +1,4 @@
-"""Quantizers and quantized layers of APoT, PoT, uniform and N_grid (quantization.md).
+"""Quantizers and quantized layers of APoT, PoT, uniform and N_grid (docs/quantization.md).
 
 Layered bottom-up: ``levels`` (level sets, projection tables) -> ``kernels`` and
 ``functional`` (fused element-wise kernels, autograd functions) -> ``quantizers``

@@ -3,7 +3,7 @@
 ``weight_quantize``: normalise a weight tensor (mean and std as constants), divide by
 the learnable ``alpha``, clip to [-1, 1], project the magnitude onto the level set,
 restore the sign and scale; straight-through gradient for the weight and the APoT
-clipping gradient for alpha (quantization.md, "Weight quantizer").
+clipping gradient for alpha (docs/quantization.md, "Weight quantizer").
 
 ``act_quantize``: divide by ``alpha``, clip above at 1, project, scale; gradient masked
 where the input was clipped, APoT gradient for alpha ("Activation quantizer").

@@ -24,7 +24,7 @@ ACT_BITS = (2, 3, 4, 5)
 FULL_PRECISION = 32
 
 # Additive base sets of APoT, per magnitude-bit count B: exponents k of the terms 2^-k.
-# Each set also contains 0. quantization.md, "Level sets".
+# Each set also contains 0. docs/quantization.md, "Level sets".
 _APOT_BASES = {
     2: ((1, 2, 3),),
     3: ((1, 2, 4), (3,)),

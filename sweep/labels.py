@@ -5,7 +5,7 @@
     MIXED(w2.50,a3.00)   per-layer bits, with the averages over the quantized layers
     MIXED                per-layer bits whose averages are not known
 
-``lineage.init_bits`` holds the first three (sweep_interface.md, "What MLflow holds").
+``lineage.init_bits`` holds the first three (docs/mlflow.md).
 Torch-free, so that the report command can use it without importing ``quant``.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``python run_sweep.py FILE.yaml``: validate, then run every stage as one Ray Tune
-sweep, recording in MLflow (sweep_interface.md, "Commands").
+sweep, recording in MLflow (docs/commands.md).
 
 Order of work, so that a bad input costs nothing: parse and validate the file and the
 overrides (exit 2, before Ray or MLflow is imported), ``--dry-run`` stops there; refuse

@@ -1,5 +1,5 @@
 """The search distributions of a search-space file, and plain-number parsing.
-(``sweep.keys`` holds every dotted key with its default and value check.)
+(``sweep.config.keys`` holds every dotted key with its default and value check.)
 
 A distribution is exactly a one-key mapping whose key is one of six names:
 

@@ -11,7 +11,7 @@
   activation), the chart form of the reference's printed ``wgt_alpha`` lists;
 - ``alpha_trajectories_<stage>_<run>.png``: those thresholds over epochs.
 
-The accuracy plotted is a row's *reported* accuracy (``sweep.results.Trial.reported``):
+The accuracy plotted is a row's *reported* accuracy (``sweep.report.results.Trial.reported``):
 test accuracy at the epoch the search metric chose; mean ± std over seeds.
 Each PNG is logged to the parent run of every stage it draws from, under ``report/``.
 """

@@ -1,11 +1,11 @@
 """A sweep's results read back from MLflow: one ``Trial`` per child run, one ``Row`` per
 configuration (trials that differ only in ``train.seed``).
 
-Reads what ``sweep.tracking.SweepRecorder`` writes (sweep_interface.md, "What MLflow
+Reads what ``sweep.track.recorder.SweepRecorder`` writes (docs/mlflow.md, "What MLflow
 holds"): stage runs tagged ``sweep.role=stage``; trial runs tagged ``sweep.role=trial``,
 ``sweep.stage``, ``sweep.trial_id``, whose parameters are the flattened config and whose
 metrics are logged per epoch (``step`` = epoch, 1-based; step 0 is an evaluation before
-training and never a "best" epoch, as in ``sweep.engine``).
+training and never a "best" epoch, as in ``sweep.train.engine``).
 
 Epoch choice: a trial's chosen epoch is the best epoch of the stage's search metric
 (``search.metric``/``search.mode`` from the stage run's params or tags, else
@@ -347,7 +347,7 @@ def _read_json_artifact(client: MlflowClient, run_id: str, name: str) -> Any:
 
 def read_bits(client: MlflowClient, run_id: str) -> tuple[float, float] | None:
     """Average (weight, activation) bits over the layers ``bits.json`` lists
-    (``sweep.bits.layer_bits``: ``{layer: {w_bits, a_bits, scheme, ...}}``, or
+    (``sweep.train.bits.layer_bits``: ``{layer: {w_bits, a_bits, scheme, ...}}``, or
     ``{layer: [w_bits, a_bits]}``), leaving out the first and last layer (scheme
     ``fixed`` or none: they follow ``quant.first_last_bits``), like the ``MIXED(w..,a..)``
     lineage label. None when absent."""

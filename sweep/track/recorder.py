@@ -2,7 +2,7 @@
 
 Trials report to the driver through Ray; the driver hands every result to one
 ``SweepRecorder``, which talks to MLflow through an ``MlflowClient`` (no fluent
-``mlflow.start_run`` state). What ends up in MLflow (sweep_interface.md, "What MLflow
+``mlflow.start_run`` state). What ends up in MLflow (docs/mlflow.md, "What MLflow
 holds"):
 
 - one experiment per sweep ``name``, tagged ``mlflow.experimentKind =

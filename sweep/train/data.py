@@ -2,9 +2,9 @@
 
 ``load_data(cfg)`` reads a source by name (``cifar10``, ``cifar100``, ``mnist``,
 ``npz``, ``imagefolder``, ``synthetic``), settles its normalisation and augmentation
-(sweep_interface.md, "Data"), holds out ``val_fraction`` of the training images as the
+(docs/search-space.md, "Data"), holds out ``val_fraction`` of the training images as the
 validation split (fixed by ``split_seed``) and returns a ``DataBundle`` of channels-first
-uint8 images and int64 labels. ``sweep.augment.BatchLoader`` turns a split into batches.
+uint8 images and int64 labels. ``sweep.train.loader.BatchLoader`` turns a split into batches.
 
 Only torch and numpy are needed; torchvision (and PIL) are imported inside the loaders
 that use them. Nothing here knows where data lives: ``cfg.root``/``cfg.path`` say.

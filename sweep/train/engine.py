@@ -5,7 +5,7 @@
 ``on_epoch(metrics, trainer)`` after each. Used directly by ``python -m sweep.train``
 and as the body of the Ray trainable. Imports neither Ray nor MLflow.
 
-Per-epoch metrics (sweep_interface.md, "Accuracy, splits and epochs"): ``epoch``,
+Per-epoch metrics (docs/search-space.md, "Splits and epochs"): ``epoch``,
 ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (and ``test_loss``,
 ``test_acc`` with a validation split), ``lr``, ``epoch_time_s``, and every layer's
 ``alpha/weight/<layer>`` and ``alpha/act/<layer>``. Accuracies are percentages.

@@ -4,7 +4,7 @@ A ``BatchLoader`` holds a split's images as a single ``N×C×H×W`` uint8 tensor
 device and builds every batch with a handful of whole-batch tensor ops: gather the
 batch, pad it once, take each image's crop window (and mirror it) with one ``gather``,
 then convert to float and normalise as one affine map, ``x * 1/(255 std) - mean/std``.
-No per-image Python, no PIL, no worker processes (performance.md, "Data path").
+No per-image Python, no PIL, no worker processes (docs/benchmarks.md).
 
 Randomness is drawn on the CPU from ``(seed, epoch)`` alone, so an epoch's order, crop
 offsets and flips are the same on every device and in every run.

@@ -2,7 +2,7 @@
 to each trial's: the best trial of an earlier stage with the same ``model.*`` and
 ``data.*`` (``{best_of: stage, match: [...]}``), or a path, ``runs:/`` or ``models:/``
 source that the driver resolves to a local file before the stages (``init_files``); and
-the lineage tags each choice records (sweep_interface.md, "What MLflow holds").
+the lineage tags each choice records (docs/mlflow.md, "A trial's run").
 
 The checks of the key's value itself live with the config (``sweep.config``). Imports
 neither Ray nor MLflow at module level: ``run_sweep.py`` checks ``--stages`` with it

@@ -1,5 +1,5 @@
-"""The stages of a sweep, in order, each one Ray Tune ``Tuner`` (``sweep.plan`` builds
-its space), with the MLflow callback of ``sweep.stage``; then the summary.
+"""The stages of a sweep, in order, each one Ray Tune ``Tuner`` (``sweep.tune.plan`` builds
+its space), with the MLflow callback of ``sweep.tune.callback``; then the summary.
 
 Resume: a stage recorded ``finished`` in ``sweep.json`` is not rerun; an unfinished
 one is continued with ``Tuner.restore`` (finished trials are kept, unfinished ones

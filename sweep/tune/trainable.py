@@ -1,7 +1,7 @@
 """The Ray Tune function trainable: one trial, built from its ``config`` alone.
 
 ``config["tree"]`` is the trial's concrete ``{data, model, quant, train}`` tree (see
-``sweep.plan``); ``config["_sweep"]`` holds what the driver settled for the stage:
+``sweep.tune.plan``); ``config["_sweep"]`` holds what the driver settled for the stage:
 ``stage``, ``metric``, ``mode``, ``init_candidates`` (the finished
 trials of earlier stages, for ``train.init: {best_of: ...}``) and ``init_files``
 (``runs:/``, ``models:/`` and path sources already resolved to local files). The

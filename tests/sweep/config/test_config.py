@@ -1,4 +1,4 @@
-"""sweep.config / sweep.space: loading, precedence, distributions, and every config error
+"""sweep.config (schema, keys, distributions): loading, precedence, distributions, and every config error
 asserted by its message and key path."""
 from __future__ import annotations
 

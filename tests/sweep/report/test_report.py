@@ -93,7 +93,7 @@ def store(tmp_path_factory):
         ids["mixed"] = record(rec, "w2a2", "mixed_0",
                               flat_config(init=init, layers={"layer2.*": {"w_bits": 3}}),
                               [60.0, 61.0, 62.0])
-        layer = {"scheme": "apot", "act_scheme": "apot", "z": None}    # sweep.bits.layer_bits
+        layer = {"scheme": "apot", "act_scheme": "apot", "z": None}    # sweep.train.bits.layer_bits
         rec.log_json("mixed_0", names.BITS_ARTIFACT, {
             "conv1": {"w_bits": 8, "a_bits": 32, "scheme": "fixed", "act_scheme": None, "z": None},
             "layer1.0.conv1": {"w_bits": 2, "a_bits": 2, **layer},
