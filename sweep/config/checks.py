@@ -147,9 +147,24 @@ def is_uri(text: str) -> bool:
     return bool(m) and len(m.group(0)) > 2
 
 
-def check_name(v, what: str) -> str:
+MAX_NAME = 100     # characters: a name is a folder, part of Ray's and MLflow's names
+# Names the project itself gives files and folders: an experiment's folder sits beside
+# the SQLite store and its artifacts; a stage's folder beside the sweep's own files.
+RESERVED_EXPERIMENT_NAMES = ("mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm",
+                             "mlartifacts")
+RESERVED_STAGE_NAMES = ("sweep.json", "tracking.json", "driver.log", "driver.lock", "cache")
+
+
+def check_name(v, what: str, reserved=()) -> str:
     if not isinstance(v, str) or not _NAME_RE.match(v) or set(v) == {"."}:
         raise Invalid(f"{what} may use letters, digits, '-', '_' and '.' only; got {v!r}")
+    if len(v) > MAX_NAME:
+        raise Invalid(f"{what} is {len(v)} characters long; at most {MAX_NAME}, please "
+                      f"(it names folders and MLflow records): {v[:40]}...")
+    if v.startswith(".") or v.lower() in reserved:
+        raise Invalid(f"{what} {v!r} would collide with a file or folder the sweep writes "
+                      f"({', '.join(reserved) or 'hidden files'}, or a name starting with '.'); "
+                      "choose another")
     return v
 
 

@@ -18,11 +18,13 @@ import os
 
 import yaml
 
-from sweep.config.dotted import get_dotted, set_dotted
+from sweep.config.dotted import flatten, get_dotted, set_dotted
 from sweep.config.errors import ConfigError
-from sweep.config.checks import Invalid, check_name, is_uri, join_key
+from sweep.config.checks import (RESERVED_EXPERIMENT_NAMES, RESERVED_STAGE_NAMES, Invalid,
+                                 check_name, is_uri, join_key)
 from sweep.config.keys import KEYS, TOP_SECTIONS, check_leaf, leaves
 from sweep.config.space import Grid, find_distributions, has_distributions
+from sweep.config.files import check_data, check_init
 from sweep.config.trial import resolve_trial
 from sweep.config.schema import (STAGE_TOPS, TRIAL_SECTIONS, InitFrom, ResourcesConfig, SchedulerConfig,
                                  SearchConfig, TrackingConfig, TrialConfig)
@@ -58,7 +60,8 @@ def parse_overrides(overrides, cwd: str | None = None) -> list[tuple[str, object
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError("--set", key, f"value {raw!r} is not valid YAML: {exc}") from None
+            raise ConfigError("--set", key, f"value {raw!r} is not valid YAML: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
         if key == "name":
             out.append(("name", _checked_name(value, "--set")))
             continue
@@ -70,7 +73,8 @@ def parse_overrides(overrides, cwd: str | None = None) -> list[tuple[str, object
 
 def _checked_name(value, file):
     try:
-        return check_name(value, "the experiment's name (also a directory name)")
+        return check_name(value, "the experiment's name (also a directory name)",
+                          RESERVED_EXPERIMENT_NAMES)
     except Invalid as exc:
         raise ConfigError(file, "name", exc.message) from None
 
@@ -174,7 +178,7 @@ def load_experiment(path, overrides=(), cwd: str | None = None) -> Experiment:
                           "(letters, digits, '-', '_', '.')")
 
     stages = _parse_stages(stages_raw, has_stages, shown, cwd)
-    per_stage = {}
+    per_stage, trials = {}, {}
     for index, stage in enumerate(stages):
         sprov = dict(prov)
         sprov.update({k: (shown, f"stages[{index}].set.{k}") for k in stage.overrides})
@@ -192,11 +196,14 @@ def load_experiment(path, overrides=(), cwd: str | None = None) -> Experiment:
         vfile, vkey = sprov.get("search.variants", (shown, "search.variants"))
         earlier = [s.name for s in stages[:index]]
         trial_tree = {k: tree[k] for k in TRIAL_SECTIONS}
+        seen = _StageTrials()
         for i, arm_tree in enumerate(expand_variants(trial_tree, arms)):
             aprov = dict(sprov)
             if arms:
                 aprov.update({k: (vfile, f"{vkey}[{i}].{k}") for k in arms[i]})
-            _validate_space(arm_tree, search, stage.name, earlier, [s.name for s in stages], aprov, shown)
+            _validate_space(arm_tree, search, stage.name, earlier, [s.name for s in stages], aprov,
+                            shown, seen, trials)
+        trials[stage.name] = seen
 
     return Experiment(
         name=name, file=file, base=base, stages=tuple(stages),
@@ -210,16 +217,38 @@ def _search_config(s: dict, arms: tuple) -> SearchConfig:
     return SearchConfig(**{**s, "scheduler": sched, "variants": tuple(dict(a) for a in arms)})
 
 
+_MAX_FILE = 1 << 20          # bytes: a search-space file is a page or two of YAML
+
+
 def _read_yaml(file: str, shown: str) -> dict:
     try:
-        with open(file, encoding="utf-8") as fh:
-            raw = yaml.load(fh, Loader=_UniqueKeyLoader)
+        if os.path.isdir(file):
+            raise ConfigError(shown, None, "is a directory; give the experiment's YAML file")
+        size = os.path.getsize(file)
+        if size > _MAX_FILE:
+            raise ConfigError(shown, None, f"is {size / 2**20:.1f} MiB; a search-space file is a "
+                              f"YAML text file of at most {_MAX_FILE >> 10} KiB (is this the right file?)")
+        with open(file, "rb") as fh:
+            data = fh.read()
     except FileNotFoundError:
         raise ConfigError(shown, None, "file not found") from None
     except OSError as exc:
-        raise ConfigError(shown, None, f"cannot be read: {exc}") from None
+        raise ConfigError(shown, None, f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(shown, None, f"is not a UTF-8 text file (byte {exc.start} is binary; a "
+                          "checkpoint or archive given as the YAML file?)") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(shown, None, f"not valid YAML: {exc}") from None
+        first = " ".join(str(exc).split())
+        raise ConfigError(shown, None, f"not valid YAML: {first[:300]}") from None
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise ConfigError(shown, None, f"not valid YAML ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(shown, None, "expected a mapping at the top (name:, data:, model:, "
                           f"quant:, train:, search:, ...), got {type(raw).__name__}")
@@ -264,7 +293,7 @@ def _parse_stages(raw, present: bool, shown: str, cwd: str) -> list[Stage]:
                 hint = "; did you mean set?" if key in ("overrides", "sets", "config") else ""
                 raise ConfigError(shown, f"{where}.{key}", f"unknown key{hint} (a stage has name and set)")
         try:
-            name = check_name(entry.get("name"), "a stage name")
+            name = check_name(entry.get("name"), "a stage name", RESERVED_STAGE_NAMES)
         except Invalid as exc:
             raise ConfigError(shown, f"{where}.name", exc.message) from None
         if name in seen:
@@ -288,10 +317,28 @@ def _locate(err: ConfigError, prov: dict, shown: str) -> ConfigError:
     return ConfigError(file, where + key[len(best):], err.message)
 
 
-def _validate_space(tree, search, stage, earlier, all_stages, prov, shown):
-    """Every concrete tree an arm can produce (within reason) resolves; files exist; init
-    refers to an earlier stage; no grid under Optuna."""
+@dataclasses.dataclass
+class _StageTrials:
+    """The resolved trials a stage can run (as dicts), for ``best_of`` matching; ``unsure``:
+    dotted keys whose values were not all tried (ranges, or too many combinations: "")."""
+    configs: list = dataclasses.field(default_factory=list)
+    unsure: set = dataclasses.field(default_factory=set)
+    _views: dict = dataclasses.field(default_factory=dict)
+
+    def views(self, keys: tuple) -> set:
+        if keys not in self._views:
+            self._views[keys] = {repr(sorted(_view(c, keys).items())) for c in self.configs}
+        return self._views[keys]
+
+
+def _validate_space(tree, search, stage, earlier, all_stages, prov, shown, seen, trials):
+    """Every concrete tree an arm can produce (within reason) resolves; files exist and fit
+    the model; init refers to an earlier stage that has a trial to match; no grid under
+    Optuna; no test_* metric without a validation split."""
     found = find_distributions(tree)
+    seen.unsure.update(".".join(p) for p, d in found if not hasattr(d, "values"))
+    if math.prod(len(d.candidates()) for _, d in found) > _MAX_COMBOS:
+        seen.unsure.add("")
     if search.algorithm == "optuna":
         for path, dist in found:
             if isinstance(dist, Grid):
@@ -304,9 +351,12 @@ def _validate_space(tree, search, stage, earlier, all_stages, prov, shown):
             cfg = resolve_trial(concrete)
         except ConfigError as exc:
             raise _locate(exc, prov, shown) from None
-        problem = _check_files_and_refs(cfg, stage, earlier, all_stages)
+        problem = (_check_files_and_refs(cfg, stage, earlier, all_stages)
+                   or _check_metric(cfg, search) or check_data(cfg) or check_init(cfg)
+                   or _check_best_of(cfg, stage, trials, seen))
         if problem:
             raise _locate(ConfigError(None, *problem), prov, shown)
+        seen.configs.append(cfg.to_dict())
 
 
 def _concrete_trees(tree, found):
@@ -366,3 +416,42 @@ def _check_files_and_refs(cfg: TrialConfig, stage, earlier, all_stages):
         return "train.init", (f"best_of: {init.best_of!r} is not a stage of this file; "
                               f"stages before {stage!r}: {before}")
     return None
+
+
+def _check_metric(cfg: TrialConfig, search):
+    if search.metric.startswith("test_") and cfg.data.val_fraction == 0:
+        return "search.metric", (f"{search.metric} exists only with a validation split: with "
+                                 "data.val_fraction 0, val_acc and val_loss are measured on the test "
+                                 f"set; use search.metric: val_{search.metric[5:]}, or hold out a "
+                                 "split (data.val_fraction: 0.1)")
+    return None
+
+
+def _check_best_of(cfg: TrialConfig, stage, trials, seen):
+    """(key, message) when ``{best_of: S}`` can find no trial of S with this trial's
+    model.*, data.* and ``match`` keys (where every value of both stages was tried)."""
+    init = cfg.train.init
+    if not isinstance(init, InitFrom) or init.best_of not in trials:
+        return None
+    source = trials[init.best_of]
+    keys = ("model", "data", *init.match)
+    unsure = source.unsure | seen.unsure
+    if "" in unsure or any(u == k or u.startswith(k + ".") or k.startswith(u + ".")
+                           for u in unsure for k in keys):
+        return None
+    mine = cfg.to_dict()
+    view = _view(mine, keys)
+    if repr(sorted(view.items())) in source.views(keys):
+        return None
+    other = _view(source.configs[0], keys) if source.configs else {}
+    diff = [f"{k}={view.get(k)!r} (stage {init.best_of!r}: {other.get(k)!r})"
+            for k in sorted(set(view) | set(other)) if view.get(k) != other.get(k)]
+    return "train.init", (f"best_of: {init.best_of!r} can never match: no trial of stage "
+                          f"{init.best_of!r} has the same {', '.join(keys)} as stage {stage!r}'s "
+                          f"trial; they differ in {'; '.join(diff[:4])}. Make them equal, or "
+                          "start from a checkpoint (train.init: PATH, runs:/..., models:/...)")
+
+
+def _view(config: dict, keys) -> dict:
+    return {k: v for k, v in flatten(config).items()
+            if any(k == key or k.startswith(key + ".") for key in keys)}

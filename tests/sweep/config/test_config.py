@@ -13,6 +13,7 @@ import pytest
 
 from sweep.config import (ConfigError, InitFrom, TrialConfig, expand_variants, flatten,
                           get_dotted, load_experiment, resolve_trial, set_dotted)
+from tests.support.files import float_checkpoint, tiny_npz
 from sweep.config.space import (Choice, Grid, LogUniform, QUniform, RandInt, Uniform,
                          has_distributions, parse_distribution)
 
@@ -165,8 +166,8 @@ def test_number_like_strings(tmp_path):
 
 
 def test_relative_paths_made_absolute(tmp_path):
-    (tmp_path / "ckpt.pt").write_bytes(b"x")
-    (tmp_path / "d.npz").write_bytes(b"x")
+    float_checkpoint(tmp_path / "ckpt.pt")
+    tiny_npz(tmp_path / "d.npz", num_classes=10, n_train=10)
     exp = load(tmp_path, minimal(data="{dataset: npz, path: d.npz, root: ../data}",
                                  train="{init: ckpt.pt}"))
     assert exp.base["data"]["path"] == str(tmp_path / "d.npz")
