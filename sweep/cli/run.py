@@ -26,7 +26,9 @@ import shutil
 import signal
 import sys
 
+from sweep.cli import preflight
 from sweep.config import ConfigError, Experiment, load_experiment, resolve_trial
+from sweep.lock import LOCK_FILE, AlreadyRunning, SweepLock
 from sweep.tune.plan import StagePlan, concrete_candidates, plan_stage
 from sweep.config.checks import is_uri
 from sweep.tune.lineage import check_sources, data_key
@@ -92,7 +94,7 @@ class Paths:
         return f"{self.sweep}/{name}" if self.remote else os.path.join(self.sweep, name)
 
     def has_results(self) -> bool:
-        return os.path.isdir(self.state) and any(os.scandir(self.state))
+        return os.path.isdir(self.state) and any(e.name != LOCK_FILE for e in os.scandir(self.state))
 
 
 def _select(exp: Experiment, text: str | None) -> list:
@@ -131,10 +133,54 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    problem = _preflight(exp, plans, paths, args)
+    if problem:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.dry_run:
         print_dry_run(exp, plans, paths)
         return EXIT_OK
-    if paths.has_results() and not (args.resume or args.restart):
+    fresh = not paths.has_results()
+    lock = SweepLock(paths.state)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        pid = f"pid {exc.pid}" if exc.pid else "its pid not written yet"
+        print(f"{args.file}: name: experiment {exp.name!r} is already running, {pid} (lock "
+              f"{exc.path}); wait for it to end, or choose another name (--set name=...)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"{args.file}: --storage: cannot write {paths.state}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    code = EXIT_FAILED
+    try:
+        code = _locked(exp, plans, paths, args, fresh)
+    finally:
+        if code == EXIT_USAGE and fresh:
+            # refused at start (resources, tracking server, init checkpoint): nothing ran,
+            # so leave no folder that would make the corrected command say "results exist"
+            shutil.rmtree(paths.state, ignore_errors=True)
+        lock.release()
+    return code
+
+
+def _preflight(exp, plans, paths: Paths, args) -> str | None:
+    """What the command line and this machine give the sweep (sweep.cli.preflight)."""
+    if not paths.remote:
+        problem = preflight.check_folder(paths.storage, "--storage")
+        if problem:
+            return problem
+    return (preflight.check_folder(paths.state, "--storage")
+            or preflight.check_store(paths.mlflow, "--mlflow-uri" if args.mlflow_uri else "tracking.mlflow_uri")
+            or (None if args.address else preflight.check_device(exp, plans))
+            or (preflight.check_state(paths.state) if args.resume else None)
+            or (None if args.dry_run else preflight.check_address(args.address)))
+
+
+def _locked(exp, plans, paths: Paths, args, fresh: bool) -> int:
+    if not fresh and not (args.resume or args.restart):
         print(f"{args.file}: name: results of experiment {exp.name!r} already exist in "
               f"{paths.state}; continue them with --resume, discard them with --restart, or "
               f"choose another name (--set name=...)", file=sys.stderr)
@@ -143,13 +189,7 @@ def main(argv=None) -> int:
     if isinstance(bundles, str):
         print(f"{args.file}: {bundles}", file=sys.stderr)
         return EXIT_USAGE
-    fresh = not paths.has_results()
-    code = _run(exp, plans, paths, args, bundles)
-    if code == EXIT_USAGE and fresh:
-        # refused at start (resources, tracking server, init checkpoint): nothing ran, so
-        # leave no folder that would make the corrected command say "results exist"
-        shutil.rmtree(paths.state, ignore_errors=True)
-    return code
+    return _run(exp, plans, paths, args, bundles)
 
 
 def _load_datasets(plans: list[StagePlan]):
@@ -195,7 +235,10 @@ def _run(exp, plans, paths: Paths, args, bundles) -> int:
             _discard(paths, exp.name)
         cluster.log_to_file(held, os.path.join(paths.state, "driver.log"))
         store.prepare_store(paths.mlflow)
-        recorder = SweepRecorder(paths.mlflow, exp.name, os.path.join(paths.state, "tracking.json"))
+        recorder = SweepRecorder(paths.mlflow, exp.name, os.path.join(paths.state, "tracking.json"),
+                                 resume=args.resume)
+        if recorder.rebuilt:
+            print(f"--resume: {recorder.rebuilt}", file=sys.stderr, flush=True)
         from sweep.tune.stages import run_stages
         return run_stages(exp, plans, paths, args, recorder, bundles)
     except KeyboardInterrupt:
@@ -217,7 +260,13 @@ def _discard(paths: Paths, name: str) -> None:
     """--restart: remove the sweep's folders and soft-delete its MLflow runs."""
     for folder in {paths.state, paths.sweep}:
         if not is_uri(folder) and os.path.isdir(folder):
-            shutil.rmtree(folder)
+            for entry in os.scandir(folder):      # all but the lock this driver holds
+                if entry.name == LOCK_FILE and folder == paths.state:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
     if paths.remote:
         import pyarrow.fs
         fs, path = pyarrow.fs.FileSystem.from_uri(paths.sweep)

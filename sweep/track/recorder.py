@@ -132,12 +132,14 @@ class SweepRecorder:
     ``step_key`` is the metric whose history tells, on resume, the last epoch logged.
     ``provenance``: the tags every trial run carries (default: ``provenance_tags()``,
     computed once per process).
+    ``resume``: the sweep is being resumed; a state file that is missing or unreadable
+    is then rebuilt from the runs' tags in MLflow (``rebuilt`` says so).
     Use as a context manager, or call ``close`` so that no run is left RUNNING.
     """
 
     def __init__(self, uri: str, experiment_name: str, state_path: str | os.PathLike, *,
                  artifact_root: str | None = None, step_key: str = "val_acc",
-                 provenance: Mapping[str, str] | None = None):
+                 provenance: Mapping[str, str] | None = None, resume: bool = False):
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         # the tags every trial run carries: git commit, dirty tree, library versions
@@ -150,10 +152,19 @@ class SweepRecorder:
         self._stages: dict[str, str] = {}
         self._trials: dict[str, dict[str, Any]] = {}
         self._checked: set[str] = set()       # trials whose last epoch was read from MLflow
-        self.resumed = os.path.exists(self.state_path)
-        if self.resumed:
-            self._load_state()
+        self.rebuilt: str | None = None        # why the maps were rebuilt from MLflow
+        self.resumed = resume or os.path.exists(self.state_path)
+        damaged = None
+        if os.path.exists(self.state_path):
+            damaged = self._load_state()
+        elif resume:
+            damaged = "is missing"
         self.experiment_id = self._experiment(artifact_root)
+        if damaged:
+            n = self._rebuild()
+            self.rebuilt = (f"{self.state_path} {damaged}: rebuilt the trial -> run map from "
+                            f"MLflow ({n} run(s) of experiment {experiment_name!r})")
+            _log.warning("%s", self.rebuilt)
         self._save_state()
 
     # ---------------------------------------------------------------- experiment
@@ -185,9 +196,19 @@ class SweepRecorder:
 
     # --------------------------------------------------------------------- state
 
-    def _load_state(self) -> None:
-        with open(self.state_path) as f:
-            state = json.load(f)
+    def _load_state(self) -> str | None:
+        """Read the state file; why it cannot be used (then it is rebuilt), else None."""
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                state = json.load(f)
+            if not isinstance(state, dict) or not all(isinstance(state.get(k, {}), dict)
+                                                      for k in ("stages", "trials")):
+                raise ValueError("not a tracking state")
+            trials = {k: dict(v) for k, v in state.get("trials", {}).items()}
+            if not all(isinstance(v.get("run_id"), str) for v in trials.values()):
+                raise ValueError("a trial without a run id")
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+            return f"is unreadable ({type(exc).__name__})"
         if state.get("experiment_name") != self.experiment_name:
             raise ValueError(
                 f"{self.state_path} records experiment {state.get('experiment_name')!r}, "
@@ -197,7 +218,25 @@ class SweepRecorder:
                          "store lacks are created afresh", self.state_path,
                          state.get("tracking_uri"), self.uri)
         self._stages = dict(state.get("stages", {}))
-        self._trials = {k: dict(v) for k, v in state.get("trials", {}).items()}
+        self._trials = trials
+        return None
+
+    def _rebuild(self) -> int:
+        """The stage -> run and trial -> run maps from the runs' ``sweep.stage`` and
+        ``sweep.trial_id`` tags (the earliest run of each, as ``_find`` picks); the last
+        logged epoch of each trial is read back from MLflow when it is re-opened."""
+        self._stages, self._trials = {}, {}
+        runs = sorted((r for r in paged(self.client.search_runs, [self.experiment_id])
+                       if ROLE_TAG in r.data.tags), key=lambda r: r.info.start_time or 0)
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(ROLE_TAG) == "stage" and STAGE_TAG in tags:
+                self._stages.setdefault(tags[STAGE_TAG], run.info.run_id)
+            elif tags.get(ROLE_TAG) == "trial" and TRIAL_TAG in tags:
+                self._trials.setdefault(tags[TRIAL_TAG], {
+                    "run_id": run.info.run_id, "stage": tags.get(STAGE_TAG),
+                    "last_epoch": None, "status": run.info.status})
+        return len(runs)
 
     def _save_state(self) -> None:
         state = {"version": _STATE_VERSION, "tracking_uri": self.uri,

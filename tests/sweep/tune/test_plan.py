@@ -292,8 +292,10 @@ def test_restart_discards_folder_and_mlflow_runs(tmp_path):
         rec.trial_run("t0", "main", {"train.lr": 0.1})
         rec.finish_trial("t0")
     assert paths.has_results()
-    runner._discard(paths, "again")
-    assert not os.path.exists(paths.state)
+    from sweep.lock import SweepLock
+    with SweepLock(paths.state):             # the driver that restarts holds the lock
+        runner._discard(paths, "again")
+        assert os.listdir(paths.state) == ["driver.lock"] and not paths.has_results()
     client = MlflowClient(paths.mlflow)
     exp_id = client.get_experiment_by_name("again").experiment_id
     assert client.search_runs([exp_id]) == []
