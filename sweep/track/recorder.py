@@ -367,6 +367,13 @@ class SweepRecorder:
         with self._lock:
             run_id = self._run_of_trial(trial_id)
             rec = self._trials[trial_id]
+            if self.resumed and trial_id not in self._checked:
+                # a run known from the state file (or rebuilt) but not re-opened this time:
+                # what MLflow holds, not the file, says which epochs are logged
+                logged = self._max_logged_step(self.client.get_run(run_id))
+                if logged is not None and (rec["last_epoch"] is None or logged > rec["last_epoch"]):
+                    rec["last_epoch"] = logged
+                self._checked.add(trial_id)
             epoch = int(epoch)
             if rec["last_epoch"] is not None and epoch <= rec["last_epoch"]:
                 return False
