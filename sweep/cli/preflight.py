@@ -13,7 +13,8 @@ import socket
 import tempfile
 import urllib.parse
 
-__all__ = ["check_folder", "check_store", "check_address", "check_device", "check_state"]
+__all__ = ["check_folder", "check_store", "check_server", "check_address", "check_device",
+           "check_resources", "check_state"]
 
 ADDRESS_TIMEOUT_S = 3.0
 _RAY_PORT = 6379            # a cluster's GCS when an address gives no port
@@ -67,6 +68,24 @@ def check_store(uri: str, flag: str) -> str | None:
     return problem
 
 
+def check_server(uri: str, flag: str) -> str | None:
+    """An ``http(s)://`` tracking server answers ``/health`` within a few seconds."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=ADDRESS_TIMEOUT_S) as r:
+            if r.status == 200:
+                return None
+            why = f"HTTP {r.status}"
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        why = getattr(reason, "strerror", None) or str(reason)
+    return (f"{flag}: MLflow tracking server {uri} does not answer ({why}); start it, or drop "
+            f"{flag} to use the local SQLite store")
+
+
 def check_address(address: str | None) -> str | None:
     """A ``--address host:port`` (or ``ray://host:port``) answers within a few seconds."""
     if not address or address in ("auto", "local"):
@@ -111,6 +130,27 @@ def check_device(exp, plans) -> str | None:
             have = f"{count} CUDA device(s)" if count else "no CUDA device"
             return (f"train.device: {dev} but this machine has {have}; use --set "
                     "train.device=auto (the GPU when there is one) or train.device=cpu")
+    return None
+
+
+def check_resources(plans) -> str | None:
+    """Trials that ask for more CPUs or GPUs than this machine has (the local cluster is
+    this machine: with ``--address`` Ray checks them against its cluster)."""
+    cpus = os.cpu_count() or 1
+    gpus = None
+    for plan in plans:
+        r = plan.resources
+        where = f"stage {plan.name}: " if len(plans) > 1 else ""
+        if r.cpus_per_trial > cpus:
+            return (f"{where}resources.cpus_per_trial={r.cpus_per_trial:g} but this machine has "
+                    f"{cpus} CPU(s); use --set resources.cpus_per_trial={cpus}")
+        if r.gpus_per_trial > 0:
+            if gpus is None:
+                import torch
+                gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if r.gpus_per_trial > gpus:
+                return (f"{where}resources.gpus_per_trial={r.gpus_per_trial:g} but this machine has "
+                        f"{gpus} GPU(s); run on the CPU with --set resources.gpus_per_trial=0")
     return None
 
 

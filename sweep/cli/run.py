@@ -174,9 +174,12 @@ def _preflight(exp, plans, paths: Paths, args) -> str | None:
             return problem
     return (preflight.check_folder(paths.state, "--storage")
             or preflight.check_store(paths.mlflow, "--mlflow-uri" if args.mlflow_uri else "tracking.mlflow_uri")
-            or (None if args.address else preflight.check_device(exp, plans))
             or (preflight.check_state(paths.state) if args.resume else None)
-            or (None if args.dry_run else preflight.check_address(args.address)))
+            or (None if args.dry_run else (        # the machine and the services it reaches
+                preflight.check_server(paths.mlflow, "--mlflow-uri" if args.mlflow_uri else "tracking.mlflow_uri")
+                or preflight.check_address(args.address)
+                or (None if args.address else (preflight.check_resources(plans)
+                                               or preflight.check_device(exp, plans))))))
 
 
 def _locked(exp, plans, paths: Paths, args, fresh: bool) -> int:

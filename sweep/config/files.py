@@ -18,8 +18,9 @@ from sweep.config.schema import TrialConfig
 
 __all__ = ["DataShape", "data_shape", "check_data", "check_init", "machine_memory"]
 
-# Channels and classes of the datasets whose shape is known without reading them.
-_BUILTIN = {"cifar10": (3, 10), "cifar100": (3, 100), "mnist": (1, 10)}
+# Channels, classes, training and test images, side of the datasets known without reading them.
+_BUILTIN = {"cifar10": (3, 10, 50000, 10000, 32), "cifar100": (3, 100, 50000, 10000, 32),
+            "mnist": (1, 10, 60000, 10000, 28)}
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -30,6 +31,7 @@ class DataShape:
     num_classes: int | None
     train_images: int | None = None
     test_images: int | None = None
+    image_size: int | None = None     # pixels, the smaller side
 
 
 def machine_memory() -> int:
@@ -47,7 +49,7 @@ def data_shape(cfg: TrialConfig):
         return DataShape(*_BUILTIN[d.dataset]), None
     if d.dataset == "synthetic":
         s = d.synthetic
-        return DataShape(s.channels, s.num_classes, s.train_size, s.test_size), None
+        return DataShape(s.channels, s.num_classes, s.train_size, s.test_size, s.image_size), None
     if d.dataset == "npz":
         try:
             st = os.stat(d.path)
@@ -111,7 +113,7 @@ def _npz_shape(path: str, mtime_ns: int, size: int):
     if classes is not None and labels > len(classes):
         return None, ("data.path", f"{path}: labels go up to {labels - 1} but classes names "
                                    f"{len(classes)}")
-    return DataShape(int(channels), int(num_classes), int(xs[0]), int(ts[0])), None
+    return DataShape(int(channels), int(num_classes), int(xs[0]), int(ts[0]), int(min(xs[1:3]))), None
 
 
 def check_data(cfg: TrialConfig):
@@ -120,6 +122,17 @@ def check_data(cfg: TrialConfig):
     if problem:
         return problem
     d, m = cfg.data, cfg.model
+    if d.dataset in _BUILTIN and os.path.isfile(d.root):
+        return "data.root", (f"{d.root} is a file; data.root is the folder where {d.dataset} is "
+                             "found or downloaded")
+    if shape.channels is not None:
+        for k, v in (("data.mean", d.mean), ("data.std", d.std)):
+            if v is not None and len(v) != shape.channels:
+                return k, (f"has {len(v)} value(s) but {_what(d)} has {shape.channels}-channel "
+                           "images; give one per channel, or leave it out")
+    if d.crop_pad is not None and shape.image_size is not None and d.crop_pad > shape.image_size:
+        return "data.crop_pad", (f"{d.crop_pad} pixels of padding around {shape.image_size}-pixel "
+                                 f"images of {_what(d)}; at most {shape.image_size} (CIFAR's recipe is 4)")
     if d.dataset == "synthetic":
         s = d.synthetic
         need = (s.train_size + s.test_size) * s.image_size ** 2 * s.channels * 3 \

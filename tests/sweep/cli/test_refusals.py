@@ -242,7 +242,9 @@ def test_refusals_import_neither_ray_nor_mlflow(tmp_path):
         from sweep.cli.run import main
         codes = [main(["s.yaml", "--set", "data.dataset=npz", "--set", "data.path=empty.npz"]),
                  main(["s.yaml", "--set", "model.arch=resnet56", "--set", "train.init=r20.pt"]),
-                 main(["s.yaml", "--address", "127.0.0.1:9"])]
+                 main(["s.yaml", "--address", "127.0.0.1:9"]),
+                 main(["s.yaml", "--set", "resources.cpus_per_trial=4096"]),
+                 main(["s.yaml", "--mlflow-uri", "http://127.0.0.1:9"])]
         print(json.dumps({"codes": codes, "loaded": sorted(
             m for m in ("ray", "mlflow", "optuna") if m in sys.modules)}))
         """)
@@ -250,5 +252,35 @@ def test_refusals_import_neither_ray_nor_mlflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, env=env, timeout=120)
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got == {"codes": [2, 2, 2], "loaded": []}, out.stderr
+    assert got == {"codes": [2] * 5, "loaded": []}, out.stderr
     assert not (tmp_path / "sweeps").exists()
+
+
+# ---------------------------------------------------------------- found going through the keys
+
+@pytest.mark.parametrize("argv, said", [
+    (["--set", "data.crop_pad=1000"], "--set: data.crop_pad: 1000 pixels of padding around 16-pixel images"),
+    (["--set", "data.mean=[0.5]", "--set", "data.std=[0.5]"], "--set: data.mean: has 1 value"),
+    (["--set", "data.val_fraction=0.999"], "--set: data.val_fraction: 0.999 holds out 64 of"),
+    (["--set", "data.dataset=cifar10", "--set", "data.root=s.yaml"], "--set: data.root: .*s.yaml is a file"),
+])
+def test_data_keys_against_the_data(here, capsys, argv, said):
+    import re
+    err = refused(here, capsys, "--dry-run", *argv)
+    assert re.match(said, err), err
+
+
+def test_more_cpus_than_this_machine_before_ray(here, capsys):
+    n = os.cpu_count()
+    err = refused(here, capsys, "--set", f"resources.cpus_per_trial={n + 1}")
+    assert err == (f"s.yaml: resources.cpus_per_trial={n + 1} but this machine has {n} CPU(s); "
+                   f"use --set resources.cpus_per_trial={n}")
+
+
+def test_tracking_server_that_does_not_answer(here, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = refused(here, capsys, "--mlflow-uri", f"http://127.0.0.1:{port}")
+    assert err.startswith(f"s.yaml: --mlflow-uri: MLflow tracking server http://127.0.0.1:{port} "
+                          "does not answer")
