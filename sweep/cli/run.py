@@ -2,10 +2,12 @@
 sweep, recording in MLflow (docs/commands.md).
 
 Order of work, so that a bad input costs nothing: parse and validate the file and the
-overrides (exit 2, before Ray or MLflow is imported), ``--dry-run`` stops there; refuse
-existing results without ``--resume``/``--restart``; load the datasets (exit 2 on a
-DataError); start Ray and check that the trials fit on the cluster (exit 2); only then
-create the sweep folder and the MLflow store, and run the stages.
+overrides, with the files they name and the folders results go to (exit 2, before Ray or
+MLflow is imported), ``--dry-run`` stops there; check this machine and the services the
+sweep reaches (``sweep.cli.preflight``); take the sweep's lock (another live driver:
+exit 2); refuse existing results without ``--resume``/``--restart``; load the datasets
+(exit 2 on a DataError); start Ray and check that the trials fit on the cluster (exit 2);
+only then create the sweep folder and the MLflow store, and run the stages.
 
 Files (``--storage`` moves the first; ``--mlflow-uri`` the second):
 
@@ -13,6 +15,7 @@ Files (``--storage`` moves the first; ``--mlflow-uri`` the second):
     ./sweeps/<name>/tracking.json   trial -> MLflow run map (SweepRecorder state)
     ./sweeps/<name>/<stage>/<trial_id>/checkpoint_*/model.pt   Ray's results
     ./sweeps/<name>/driver.log      Ray's and MLflow's own log lines
+    ./sweeps/<name>/driver.lock     the running driver's pid (sweep.lock)
     ./sweeps/mlflow.db, ./sweeps/mlartifacts/<name>/   the MLflow store
 """
 from __future__ import annotations
