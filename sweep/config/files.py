@@ -125,7 +125,7 @@ def check_data(cfg: TrialConfig):
     if d.dataset in _BUILTIN and os.path.isfile(d.root):
         return "data.root", (f"{d.root} is a file; data.root is the folder where {d.dataset} is "
                              "found or downloaded")
-    if shape.channels is not None:
+    if shape.channels is not None and d.dataset != "npz":    # an npz's own mean/std outrank these
         for k, v in (("data.mean", d.mean), ("data.std", d.std)):
             if v is not None and len(v) != shape.channels:
                 return k, (f"has {len(v)} value(s) but {_what(d)} has {shape.channels}-channel "
