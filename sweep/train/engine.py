@@ -80,6 +80,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         act, wgt, rest = quant.alpha_parameters(self.model)
         self.alphas = act + wgt          # kept >= train.alpha_floor after every step
+        if self.model.quant_policy.family == "imagenet":   # its alphas train like the weights
+            act, wgt, rest = [], [], list(self.model.parameters())
         groups = [{"params": rest, "lr": t.lr, "weight_decay": t.weight_decay}]
         if act:
             groups.append({"params": act, "lr": t.alpha_lr_act, "weight_decay": t.alpha_weight_decay})
