@@ -386,7 +386,8 @@ def test_trial_quant_section_is_the_policy():
     assert isinstance(cfg.quant, QuantPolicy)
     assert cfg.quant == QuantPolicy(w_bits=2, a_bits=2, scheme="ngrid", act_scheme="apot", z=2.0)
     assert cfg.quant.to_dict() == {"w_bits": 2, "a_bits": 2, "scheme": "ngrid", "act_scheme": "apot",
-                                   "family": None, "z": 2.0, "first_last_bits": 8, "layers": {}}
+                                   "family": None, "z": 2.0, "first_last_bits": 8, "alpha_grad_scale": None,
+                                   "layers": {}}
 
 
 def test_the_key_table_is_derived_from_the_schema():
