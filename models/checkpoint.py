@@ -10,8 +10,13 @@ loads with ``torch.load(..., weights_only=True)``:
      "train_state": {optimizer, epoch, best, history, rng}   # optional, for resuming}
 
 A reference checkpoint is ``{"state_dict", "best_prec" | "best_acc1", "epoch",
-"optimizer"}`` with ``module.``-prefixed keys; its activation thresholds are stored as
-``<conv>.act_alpha`` where this project has ``<conv>.act_quant.act_alpha``.
+"optimizer"}`` with ``module.``-prefixed keys (or without). In the CIFAR family its
+activation thresholds are stored as ``<conv>.act_alpha`` where this project has
+``<conv>.act_quant.act_alpha``; the ImageNet family stores ``<conv>.weight_alpha`` and
+``<conv>.act_alpha``, as an ImageNet-family model here does. ``family_of`` tells the two
+apart by their keys. The N_grid authors' checkpoints are CIFAR-family ones with two
+unused buffers per conv, ``<conv>.factorW`` and ``<conv>.factorA``, which are ignored by
+name (``IGNORED_BUFFERS``).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quant.policy import FAMILIES, QuantPolicy
+from quant.policy import QuantPolicy
 
 FORMAT = "quant-sweep"
 FORMAT_VERSION = 1
@@ -40,17 +45,26 @@ class CheckpointError(Exception):
         super().__init__(f"{path}: {message}")
 
 
+IGNORED_BUFFERS = ("factorW", "factorA")    # the N_grid code's unused per-conv buffers (all 0.0)
+
+
+def _is_ignored_buffer(key: str) -> bool:
+    return key.rpartition(".")[2] in IGNORED_BUFFERS
+
+
 def _is_alpha(key: str) -> bool:
     return key.endswith(("act_alpha", "wgt_alpha", "weight_alpha"))
 
 
+_FAMILY_KEYS = {"cifar": ".weight_quant.wgt_alpha", "imagenet": ".weight_alpha"}
+
+
 def family_of(state_dict: dict) -> str | None:
-    """'cifar', 'imagenet', or None (full precision: loads into either)."""
-    keys = list(state_dict)
-    if any(k.endswith(".weight_quant.wgt_alpha") for k in keys):
-        return "cifar"
-    if any(k.endswith(".weight_alpha") for k in keys):
-        return "imagenet"
+    """'cifar', 'imagenet', or None (full precision: loads into either), from the keys
+    (``module.``-prefixed or not)."""
+    for family, suffix in _FAMILY_KEYS.items():
+        if any(k.endswith(suffix) for k in state_dict):
+            return family
     return None
 
 
@@ -97,12 +111,15 @@ def load_weights(model: nn.Module, state_dict: dict, path="checkpoint") -> dict:
     ckpt_family = family_of(state_dict)
     model_family = getattr(getattr(model, "quant_policy", None), "family", None)
     if ckpt_family and model_family and ckpt_family != model_family:
-        fix = (f"set quant.family: {ckpt_family}" if ckpt_family in FAMILIES
-               else f"family {ckpt_family} is not available yet")
-        raise CheckpointError(path, f"is a {ckpt_family}-family quantized checkpoint, the model is "
-                                    f"{model_family}-family; {fix}")
+        arch = getattr(model, "arch", type(model).__name__)
+        raise CheckpointError(path, f"is a {ckpt_family}-family quantized checkpoint (keys ending in "
+                                    f"{_FAMILY_KEYS[ckpt_family]}), the model ({arch}) is "
+                                    f"{model_family}-family; set quant.family: {ckpt_family}")
     mapped = {}
+    ignored = sorted(k for k in state_dict if _is_ignored_buffer(k) and k not in own)
     for key, value in state_dict.items():
+        if key in ignored:
+            continue
         if key not in own and key.endswith(".act_alpha"):
             alt = key[: -len("act_alpha")] + "act_quant.act_alpha"
             key = alt if alt in own else key
@@ -125,8 +142,11 @@ def load_weights(model: nn.Module, state_dict: dict, path="checkpoint") -> dict:
         arch = getattr(model, "arch", type(model).__name__)
         raise CheckpointError(path, f"does not fit model {arch}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in mapped.items() if k in own}, strict=False)
-    return {"missing_alphas": [k for k in missing if _is_alpha(k)],
-            "ignored_alphas": [k for k in unexpected if _is_alpha(k)]}
+    out = {"missing_alphas": [k for k in missing if _is_alpha(k)],
+           "ignored_alphas": [k for k in unexpected if _is_alpha(k)]}
+    if ignored:
+        out["ignored_buffers"] = ignored
+    return out
 
 
 def _git_commit() -> str | None:

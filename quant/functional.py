@@ -8,6 +8,13 @@ clipping gradient for alpha (docs/quantization.md, "Weight quantizer").
 ``act_quantize``: divide by ``alpha``, clip above at 1, project, scale; gradient masked
 where the input was clipped, APoT gradient for alpha ("Activation quantizer").
 
+The ImageNet family (``family="imagenet"``, docs/quantization.md "Two families") is the
+same pair with these differences: the weight is normalised with its gradient (mean and
+std not constants), 3-5-bit weights get no gradient outside +-alpha while 2-bit weights
+keep the unclipped "calibrated" gradient, activations are clamped to [0, 1], and the
+forward is written as the straight-through rounding ``((q - c) + c) * alpha``.
+``grad_scale`` (either family) multiplies only the alpha gradients.
+
 ``fixed_point_weight``: the 8-bit first/last layer rule ``round(w / max(w) * 127) / 127
 * max(w)`` with a straight-through gradient.
 
@@ -39,17 +46,27 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
+# kernel names by rule: (forward, backward)
+_WEIGHT_RULES = {"cifar": ("weight_fwd", "weight_bwd"),                 # also ImageNet 2-bit (calibrated)
+                 "clipped": ("weight_fwd_ste", "weight_bwd_clipped")}   # ImageNet 3-5 bits
+_ACT_RULES = {"cifar": ("act_fwd", "act_bwd"), "imagenet": ("act_fwd_ste", "act_bwd_clamped")}
+
+
+def _scaled(grad_alpha: torch.Tensor, scale: float | None) -> torch.Tensor:
+    return grad_alpha.reshape(()) if scale is None else grad_alpha.reshape(()) * scale
+
+
 class WeightQuantize(torch.autograd.Function):
     """``w_hat = (w - mean) / std`` with ``mean``, ``std`` constants, then the quantizer."""
 
     @staticmethod
-    def forward(ctx, w, alpha, thr, lv, mean, std):
+    def forward(ctx, w, alpha, thr, lv, mean, std, rule="cifar", grad_scale=None):
         w32 = _f32(w.detach())
         flat, unflatten = _flatten(w32)
         alpha32 = _f32(alpha.detach())
-        y = kernels.run("weight_fwd", flat, mean, std, alpha32, thr, lv)
+        y = kernels.run(_WEIGHT_RULES[rule][0], flat, mean, std, alpha32, thr, lv)
         ctx.save_for_backward(w32, mean, std, alpha32, thr, lv)
-        ctx.in_dtype = w.dtype
+        ctx.in_dtype, ctx.rule, ctx.grad_scale = w.dtype, rule, grad_scale
         return unflatten(y)
 
     @staticmethod
@@ -57,19 +74,20 @@ class WeightQuantize(torch.autograd.Function):
         w32, mean, std, alpha32, thr, lv = ctx.saved_tensors
         flat, unflatten = _flatten(w32)
         g, _ = _flatten(_same_layout(_f32(grad_out), w32))
-        grad_w, grad_alpha = kernels.run("weight_bwd", g, flat, mean, std, alpha32, thr, lv)
-        return unflatten(grad_w).to(ctx.in_dtype), grad_alpha.reshape(()), None, None, None, None
+        grad_w, grad_alpha = kernels.run(_WEIGHT_RULES[ctx.rule][1], g, flat, mean, std, alpha32, thr, lv)
+        return (unflatten(grad_w).to(ctx.in_dtype), _scaled(grad_alpha, ctx.grad_scale),
+                None, None, None, None, None, None)
 
 
 class ActQuantize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, alpha, thr, lv):
+    def forward(ctx, a, alpha, thr, lv, rule="cifar", grad_scale=None):
         a32 = _f32(a.detach())
         flat, unflatten = _flatten(a32)
         alpha32 = _f32(alpha.detach())
-        y = kernels.run("act_fwd", flat, alpha32, thr, lv)
+        y = kernels.run(_ACT_RULES[rule][0], flat, alpha32, thr, lv)
         ctx.save_for_backward(a32, alpha32, thr, lv)
-        ctx.in_dtype = a.dtype
+        ctx.in_dtype, ctx.rule, ctx.grad_scale = a.dtype, rule, grad_scale
         return unflatten(y)
 
     @staticmethod
@@ -77,8 +95,8 @@ class ActQuantize(torch.autograd.Function):
         a32, alpha32, thr, lv = ctx.saved_tensors
         flat, unflatten = _flatten(a32)
         g, _ = _flatten(_same_layout(_f32(grad_out), a32))
-        grad_a, grad_alpha = kernels.run("act_bwd", g, flat, alpha32, thr, lv)
-        return unflatten(grad_a).to(ctx.in_dtype), grad_alpha.reshape(()), None, None
+        grad_a, grad_alpha = kernels.run(_ACT_RULES[ctx.rule][1], g, flat, alpha32, thr, lv)
+        return unflatten(grad_a).to(ctx.in_dtype), _scaled(grad_alpha, ctx.grad_scale), None, None, None, None
 
 
 def _same_layout(g: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -88,17 +106,28 @@ def _same_layout(g: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return g.contiguous()
 
 
-def weight_quantize(w: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
-                    lv: torch.Tensor) -> torch.Tensor:
-    """Quantize a raw weight tensor (normalised inside) with clipping threshold ``alpha``."""
-    w32 = _f32(w.detach())
-    return WeightQuantize.apply(w, alpha, thr, lv, w32.mean(), w32.std())
+def weight_quantize(w: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor, lv: torch.Tensor,
+                    family: str = "cifar", grad_scale: float | None = None) -> torch.Tensor:
+    """Quantize a raw weight tensor (normalised inside) with clipping threshold ``alpha``.
+
+    ``family="imagenet"``: the normalisation is part of the graph (its gradient reaches
+    the weight), then 2-bit weights (one positive level) take the calibrated rule and
+    wider ones the clipped straight-through rule."""
+    if family == "cifar":
+        w32 = _f32(w.detach())
+        return WeightQuantize.apply(w, alpha, thr, lv, w32.mean(), w32.std(), "cifar", grad_scale)
+    w32 = _f32(w)
+    w_hat = w32.add(-w32.mean()).div(w32.std())
+    rule = "cifar" if lv.numel() <= 2 else "clipped"
+    zero = torch.zeros((), dtype=torch.float32, device=w.device)
+    return WeightQuantize.apply(w_hat, alpha, thr, lv, zero, torch.ones_like(zero), rule, grad_scale)
 
 
-def act_quantize(a: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
-                 lv: torch.Tensor) -> torch.Tensor:
-    """Quantize non-negative activations with clipping threshold ``alpha``."""
-    return ActQuantize.apply(a, alpha, thr, lv)
+def act_quantize(a: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor, lv: torch.Tensor,
+                 family: str = "cifar", grad_scale: float | None = None) -> torch.Tensor:
+    """Quantize activations with clipping threshold ``alpha`` (clipped above at alpha; the
+    ImageNet family also clamps below at 0)."""
+    return ActQuantize.apply(a, alpha, thr, lv, "cifar" if family == "cifar" else "imagenet", grad_scale)
 
 
 def normalised_weight_quantize(w_hat: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,

@@ -34,7 +34,7 @@ def _project_bucketize(c: torch.Tensor, thr: torch.Tensor, lv: torch.Tensor) -> 
 
 
 def _make_kernels(project):
-    """The four quantizer kernels, written once over a projection function."""
+    """The quantizer kernels, written once over a projection function."""
 
     def weight_fwd(w, mean, std, alpha, thr, lv):
         x = (w - mean) / std / alpha
@@ -66,8 +66,39 @@ def _make_kernels(project):
         grad_alpha = (g * torch.where(over, torch.ones_like(x), q - x)).sum()
         return torch.where(over, torch.zeros_like(g), g), grad_alpha
 
+    # ---- the ImageNet family (docs/quantization.md, "Two families"): the straight-through
+    # rounding written as autograd sees it, ``((q - c) + c) * alpha``, so values match it
+
+    def weight_fwd_ste(w, mean, std, alpha, thr, lv):
+        c = ((w - mean) / std / alpha).clamp(-1.0, 1.0)
+        q = c.sign() if thr.shape[0] == 0 else project(c.abs(), thr, lv) * c.sign()
+        return ((q - c) + c) * alpha
+
+    def weight_bwd_clipped(g, w, mean, std, alpha, thr, lv):
+        """3-5-bit weights: no weight gradient outside +-alpha (the clamp comes first)."""
+        x = (w - mean) / std / alpha
+        c = x.clamp(-1.0, 1.0)
+        q = c.sign() if thr.shape[0] == 0 else project(c.abs(), thr, lv) * c.sign()
+        grad_alpha = (g * torch.where(x.abs() > 1.0, x.sign(), q - x)).sum()
+        return torch.where(x.abs() > 1.0, torch.zeros_like(g), g * alpha / alpha / std), grad_alpha
+
+    def act_fwd_ste(a, alpha, thr, lv):
+        c = (a / alpha).clamp(0.0, 1.0)
+        return ((project(c, thr, lv) - c) + c) * alpha
+
+    def act_bwd_clamped(g, a, alpha, thr, lv):
+        """Clamp to [0, 1]: no gradient below 0 either, for the input nor for alpha."""
+        x = a / alpha
+        over, under = x > 1.0, x < 0.0
+        q = project(x.clamp(0.0, 1.0), thr, lv)
+        grad_alpha = (g * torch.where(over, torch.ones_like(x),
+                                      torch.where(under, torch.zeros_like(x), q - x))).sum()
+        return torch.where(over | under, torch.zeros_like(g), g * alpha / alpha), grad_alpha
+
     return {"weight_fwd": weight_fwd, "weight_bwd": weight_bwd,
-            "act_fwd": act_fwd, "act_bwd": act_bwd}
+            "act_fwd": act_fwd, "act_bwd": act_bwd,
+            "weight_fwd_ste": weight_fwd_ste, "weight_bwd_clipped": weight_bwd_clipped,
+            "act_fwd_ste": act_fwd_ste, "act_bwd_clamped": act_bwd_clamped}
 
 
 # torch's C++ builder says "No CUDA runtime is found" on every CPU-only compile: not news here.

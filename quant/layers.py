@@ -2,7 +2,10 @@
 
 A layer takes a ``weight_quantizer`` (applied to its weight) and an ``act_quantizer``
 (applied to its input); either may be None (not quantized). The state dict keeps the
-float layer's keys plus the quantizers' alphas.
+float layer's keys plus the quantizers' alphas: ``<layer>.weight_quant.wgt_alpha`` and
+``<layer>.act_quant.act_alpha`` (CIFAR family), or, with ImageNet-family quantizers,
+under the layer's own names ``<layer>.weight_alpha`` and ``<layer>.act_alpha`` as the
+reference's ImageNet and MNIST checkpoints store them.
 """
 from __future__ import annotations
 
@@ -11,10 +14,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# ImageNet family: (the quantizer's key, the layer's own key) for each threshold
+_OWN_KEYS = (("weight_quant.wgt_alpha", "weight_alpha"), ("act_quant.act_alpha", "act_alpha"))
+
+
+def _save_own_keys(module, state_dict, prefix, local_metadata):
+    for inner, own in _OWN_KEYS:
+        if prefix + inner in state_dict:
+            state_dict[prefix + own] = state_dict.pop(prefix + inner)
+    return state_dict
+
+
+def _load_own_keys(module, state_dict, prefix, *args):
+    for inner, own in _OWN_KEYS:
+        if prefix + own in state_dict:
+            state_dict[prefix + inner] = state_dict.pop(prefix + own)
+
+
 class _QuantMixin:
     def _init_quant(self, weight_quantizer: nn.Module | None, act_quantizer: nn.Module | None):
         self.weight_quant = weight_quantizer
         self.act_quant = act_quantizer
+        if any(getattr(q, "family", "cifar") == "imagenet" for q in (weight_quantizer, act_quantizer)):
+            self._register_state_dict_hook(_save_own_keys)
+            self.register_load_state_dict_pre_hook(_load_own_keys)
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight if self.weight_quant is None else self.weight_quant(self.weight)

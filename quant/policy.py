@@ -1,7 +1,8 @@
 """Per-layer quantization policy and its application to a float model.
 
 A ``QuantPolicy`` holds the model-wide settings (``quant.w_bits``, ``quant.a_bits``,
-``quant.scheme``, ``quant.act_scheme``, ``quant.z``, ``quant.first_last_bits``) and the
+``quant.scheme``, ``quant.act_scheme``, ``quant.family``, ``quant.z``,
+``quant.first_last_bits``, ``quant.alpha_grad_scale``) and the
 per-layer overrides of ``quant.layers``: globs on module names mapped to ``w_bits``,
 ``a_bits``, ``scheme``, ``act_scheme``; the last matching pattern wins, key by key.
 
@@ -24,7 +25,7 @@ from .levels import (FULL_PRECISION, QuantConfigError, check_act, check_scheme, 
                      check_z, default_act_scheme, z_without_ngrid)
 from .quantizers import ActQuantizer, FixedPointWeight, WeightQuantizer
 
-FAMILIES = ("cifar",)               # quantized-conv families available (imagenet comes later)
+FAMILIES = ("cifar", "imagenet")    # the reference's two quantized-conv families
 LAYER_KEYS = ("w_bits", "a_bits", "scheme", "act_scheme")   # what a quant.layers entry may set
 
 
@@ -60,9 +61,6 @@ def _act_scheme(name):
 
 
 def _family(name):
-    if name == "imagenet":
-        raise QuantConfigError("family 'imagenet' (the reference's ImageNet/MNIST quantized conv) is "
-                               "not available yet; use family: cifar (or leave it out)")
     if name not in FAMILIES:
         raise QuantConfigError(f"unknown family {name!r}; expected one of: {', '.join(FAMILIES)} "
                                "(or leave it out: the architecture's own)")
@@ -74,6 +72,13 @@ def _first_last_bits(n):
         raise QuantConfigError(f"first_last_bits={n} is not supported; the first conv and last "
                                "linear layer take 2 to 8 bits, or 32 (not quantized)")
     return n
+
+
+def _grad_scale(x):
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not (0 < x < float("inf")):
+        raise QuantConfigError(f"alpha_grad_scale={x!r}: expected a positive number (the factor on "
+                               "every clipping threshold's gradient), or null for none")
+    return float(x)
 
 
 def _layers(layers):
@@ -111,6 +116,7 @@ class QuantPolicy:
     family: str | None = _key(None, "any", _family, null=True)   # None: the architecture's
     z: float | None = _key(None, "float", check_z, null=True)     # ngrid's Z (2-bit weights)
     first_last_bits: int = _key(8, "int", _first_last_bits)  # first conv, last linear
+    alpha_grad_scale: float | None = _key(None, "float", _grad_scale, null=True)   # on alpha grads
     layers: tuple = _key((), "layers", _layers)   # ((glob, {key: value}), ...) in file order
 
     def __post_init__(self):
@@ -197,9 +203,10 @@ class QuantPolicy:
         return (sum(s.w_bits for s in specs) / len(specs), sum(s.a_bits for s in specs) / len(specs))
 
 
-def _quantizers(spec: LayerSpec):
-    wq = None if spec.w_bits == FULL_PRECISION else WeightQuantizer(spec.w_bits, spec.scheme, spec.z)
-    aq = None if spec.a_bits == FULL_PRECISION else ActQuantizer(spec.a_bits, spec.act_scheme)
+def _quantizers(spec: LayerSpec, family: str, grad_scale: float | None):
+    kw = dict(family=family, grad_scale=grad_scale)
+    wq = None if spec.w_bits == FULL_PRECISION else WeightQuantizer(spec.w_bits, spec.scheme, spec.z, **kw)
+    aq = None if spec.a_bits == FULL_PRECISION else ActQuantizer(spec.a_bits, spec.act_scheme, **kw)
     return wq, aq
 
 
@@ -224,7 +231,9 @@ def check_layer_globs(names, globs, arch: str = "this model") -> None:
 
 
 def quantize_model(model: nn.Module, policy: QuantPolicy) -> nn.Module:
-    """Swap the float conv/linear layers of ``model`` for quantized ones, in place."""
+    """Swap the float conv/linear layers of ``model`` for quantized ones, in place (in the
+    policy's family; ``cifar`` when it names none: ``models.build_model`` fills in the
+    architecture's own)."""
     first, last = getattr(model, "first_layer", None), getattr(model, "last_layer", None)
     try:
         check_layer_globs(quantized_layer_names(model), [g for g, _ in policy.layers],
@@ -243,7 +252,7 @@ def quantize_model(model: nn.Module, policy: QuantPolicy) -> nn.Module:
             spec = policy.spec_for(name)
             if not spec.quantized:
                 continue
-            wq, aq = _quantizers(spec)
+            wq, aq = _quantizers(spec, policy.family or "cifar", policy.alpha_grad_scale)
             new = cls.from_float(module, weight_quantizer=wq, act_quantizer=aq)
         _set_module(model, name, new)
     model.quant_policy = policy

@@ -1,7 +1,10 @@
 """Quantizer modules: each owns its learnable clipping threshold (alpha).
 
 Parameter names follow the reference checkpoints: ``wgt_alpha`` for weights
-(``<conv>.weight_quant.wgt_alpha``) and ``act_alpha`` for activations.
+(``<conv>.weight_quant.wgt_alpha``) and ``act_alpha`` for activations. ``family``
+selects the CIFAR or the ImageNet variant of the same rules (``functional``); an
+ImageNet-family layer saves its alphas as ``<conv>.weight_alpha`` and ``<conv>.act_alpha``
+(``layers``). ``grad_scale`` multiplies the alpha's gradient (None: 1).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from . import functional as F
 from .levels import LevelSet, act_levels, weight_levels
 
 WEIGHT_ALPHA_INIT = 3.0
-ACT_ALPHA_INIT = 8.0
+ACT_ALPHA_INIT = {"cifar": 8.0, "imagenet": 6.0}
 
 
 class _LevelQuantizer(nn.Module):
@@ -22,9 +25,10 @@ class _LevelQuantizer(nn.Module):
 
     alpha_name = "alpha"
 
-    def __init__(self, levels: LevelSet, init_alpha: float):
+    def __init__(self, levels: LevelSet, init_alpha: float, family: str = "cifar",
+                 grad_scale: float | None = None):
         super().__init__()
-        self.levels = levels
+        self.levels, self.family, self.grad_scale = levels, family, grad_scale
         self.register_parameter(self.alpha_name, nn.Parameter(torch.tensor(float(init_alpha))))
         self.register_buffer("thr", torch.from_numpy(levels.thresholds.copy()), persistent=False)
         self.register_buffer("lv", torch.from_numpy(levels.levels.copy()), persistent=False)
@@ -44,7 +48,9 @@ class _LevelQuantizer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"{self.levels!r}, {self.alpha_name}={float(self.alpha.detach()):.4g}"
+        extra = "" if self.family == "cifar" else f", family={self.family}"
+        extra += "" if self.grad_scale is None else f", grad_scale={self.grad_scale:g}"
+        return f"{self.levels!r}, {self.alpha_name}={float(self.alpha.detach()):.4g}{extra}"
 
 
 class WeightQuantizer(_LevelQuantizer):
@@ -53,25 +59,29 @@ class WeightQuantizer(_LevelQuantizer):
     alpha_name = "wgt_alpha"
 
     def __init__(self, bits: int, scheme: str = "apot", z: float | None = None,
-                 init_alpha: float = WEIGHT_ALPHA_INIT):
-        super().__init__(weight_levels(bits, scheme, z), init_alpha)
+                 init_alpha: float = WEIGHT_ALPHA_INIT, family: str = "cifar",
+                 grad_scale: float | None = None):
+        super().__init__(weight_levels(bits, scheme, z), init_alpha, family, grad_scale)
         self.bits, self.scheme, self.z = bits, scheme, z
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return F.weight_quantize(w, self.wgt_alpha, self.thr, self.lv)
+        return F.weight_quantize(w, self.wgt_alpha, self.thr, self.lv, self.family, self.grad_scale)
 
 
 class ActQuantizer(_LevelQuantizer):
-    """Clip by ``act_alpha`` from above and project onto the activation level set."""
+    """Clip by ``act_alpha`` from above (ImageNet family: to [0, alpha]) and project onto the
+    activation level set."""
 
     alpha_name = "act_alpha"
 
-    def __init__(self, bits: int, scheme: str = "apot", init_alpha: float = ACT_ALPHA_INIT):
-        super().__init__(act_levels(bits, scheme), init_alpha)
+    def __init__(self, bits: int, scheme: str = "apot", init_alpha: float | None = None,
+                 family: str = "cifar", grad_scale: float | None = None):
+        init = ACT_ALPHA_INIT[family] if init_alpha is None else init_alpha
+        super().__init__(act_levels(bits, scheme), init, family, grad_scale)
         self.bits, self.scheme = bits, scheme
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return F.act_quantize(a, self.act_alpha, self.thr, self.lv)
+        return F.act_quantize(a, self.act_alpha, self.thr, self.lv, self.family, self.grad_scale)
 
 
 class FixedPointWeight(nn.Module):

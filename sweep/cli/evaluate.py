@@ -4,8 +4,9 @@
                              [--arch A --w-bits N --a-bits N --scheme S [--z Z]] [--json]
 
 A checkpoint written by this project carries its model, quantization and normalisation;
-a reference (APoT-family) checkpoint needs ``--arch``, ``--w-bits``, ``--a-bits`` and
-``--scheme`` (and ``--z`` for ngrid). Exit status 0, or 2 with one message on bad input.
+a reference checkpoint (APoT CIFAR, ImageNet or MNIST; N_grid) needs ``--arch``,
+``--w-bits``, ``--a-bits`` and ``--scheme`` (and ``--z`` for ngrid): its quantizer family
+is read from its keys. Exit status 0, or 2 with one message on bad input.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import time
 import torch
 
 import quant
-from models.checkpoint import (CheckpointError, is_project_checkpoint, load_weights, model_of,
-                               policy_of, read_checkpoint)
+from models.checkpoint import (CheckpointError, family_of, is_project_checkpoint, load_weights,
+                               model_of, policy_of, read_checkpoint)
 from sweep.train.data import DataError, load_data
 from sweep.train.evaluate import evaluate_model
 from sweep.train.loader import BatchLoader
@@ -62,7 +63,8 @@ def _model(args, ckpt: dict, bundle):
         if need:
             raise CheckpointError(args.checkpoint, "is a reference checkpoint, which does not say "
                                                    f"which model it holds; give {', '.join(need)}")
-        ckpt = {"model": {}}
+        family = family_of(ckpt["state_dict"])      # from its keys; None: full precision
+        ckpt = {"model": {}, "quant": {"family": family} if family else {}}
     policy = policy_of(ckpt, **quant_flags)
     saved = ckpt.get("model") or {}
     model = model_of(ckpt, policy, arch=args.arch,

@@ -12,6 +12,7 @@ Per-epoch metrics (docs/search-space.md, "Splits and epochs"): ``epoch``,
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 import models
 import quant
-from models.checkpoint import load_weights, provenance, read_checkpoint, save_checkpoint
+from models.checkpoint import family_of, load_weights, provenance, read_checkpoint, save_checkpoint
 from sweep.train.loader import BatchLoader
 from sweep.config import InitFrom, TrialConfig
 from sweep.train.data import DataBundle, load_data
@@ -72,14 +73,22 @@ class Trainer:
         self.model_cfg = {"arch": cfg.model.arch,
                           "num_classes": cfg.model.num_classes or self.data.num_classes,
                           "in_channels": cfg.model.in_channels or self.data.in_channels}
+        init = init_path if init_path is not None else t.init
+        init_ckpt = self._read_init(init)
+        self.policy = cfg.quant        # what checkpoints record
+        if cfg.quant.family is None and init_ckpt is not None and family_of(init_ckpt["state_dict"]):
+            # the family the init checkpoint's keys tell, unless quant.family says otherwise
+            self.policy = dataclasses.replace(cfg.quant, family=family_of(init_ckpt["state_dict"]))
         self.model = models.build_model(cfg.model.arch, num_classes=self.model_cfg["num_classes"],
-                                        in_channels=self.model_cfg["in_channels"], policy=cfg.quant)
-        self.init_info = self._load_init(init_path if init_path is not None else t.init)
+                                        in_channels=self.model_cfg["in_channels"], policy=self.policy)
+        self.init_info = self._load_init(init, init_ckpt)
         self.model.to(self.device)
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         act, wgt, rest = quant.alpha_parameters(self.model)
         self.alphas = act + wgt          # kept >= train.alpha_floor after every step
+        if self.model.quant_policy.family == "imagenet":   # its alphas train like the weights
+            act, wgt, rest = [], [], list(self.model.parameters())
         groups = [{"params": rest, "lr": t.lr, "weight_decay": t.weight_decay}]
         if act:
             groups.append({"params": act, "lr": t.alpha_lr_act, "weight_decay": t.alpha_weight_decay})
@@ -115,7 +124,8 @@ class Trainer:
         return torch.compile(self.model)
 
     # ---- initial weights -----------------------------------------------------------
-    def _load_init(self, init) -> dict | None:
+    @staticmethod
+    def _read_init(init) -> dict | None:
         if init is None:
             return None
         if isinstance(init, InitFrom) or isinstance(init, dict):
@@ -124,7 +134,11 @@ class Trainer:
         if str(init).startswith(("runs:/", "models:/")):
             raise ValueError(f"train.init {init} is an MLflow source: resolve it to a local file "
                              "first (sweep.track.resolve) and pass it as init_path")
-        ckpt = read_checkpoint(init)
+        return read_checkpoint(init)
+
+    def _load_init(self, init, ckpt: dict | None) -> dict | None:
+        if ckpt is None:
+            return None
         info = load_weights(self.model, ckpt["state_dict"], init)
         info["path"] = str(init)
         if info["missing_alphas"]:
@@ -230,7 +244,7 @@ class Trainer:
             extra = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                      "best": self.best, "history": self.history,
                      "rng": {"torch": torch.get_rng_state()}}
-        return save_checkpoint(path, self.model, model_cfg=self.model_cfg, quant_cfg=self.cfg.quant,
+        return save_checkpoint(path, self.model, model_cfg=self.model_cfg, quant_cfg=self.policy,
                                data_cfg=data_cfg, config=self.cfg.to_dict(), epoch=self.epoch,
                                metrics=metrics if metrics is not None else (self.history[-1] if self.history else {}),
                                prov=self.provenance, extra=extra)

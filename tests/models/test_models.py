@@ -8,15 +8,40 @@ from models import CheckpointError, build_from_checkpoint, load_weights, read_ch
 from quant import QuantConv2d, QuantPolicy
 
 
+CIFAR = [a for a in models.list_models() if models.get_entry(a).family == "cifar"]
+ALPHA_KEYS = {"cifar": ("weight_quant.wgt_alpha", "act_quant.act_alpha"),
+              "imagenet": ("weight_alpha", "act_alpha")}
+
+
+@pytest.fixture
+def eager_kernels():
+    """Eager quantizer kernels (the same functions, not compiled): the wiring is under test."""
+    from quant import kernels
+    before = kernels.mode()
+    kernels.set_mode("eager")
+    yield
+    kernels.set_mode(before)
+
+
+@pytest.mark.parametrize("bits", [32, 4, 2])
 @pytest.mark.parametrize("arch", models.list_models())
-def test_registered_model_forward_backward(arch):
-    m = models.build_model(arch, num_classes=7, policy=QuantPolicy(w_bits=4, a_bits=4))
-    x = torch.randn(2, 3, 32, 32)
-    out = m(x)
+def test_registered_model_forward_backward(arch, bits, eager_kernels):
+    """Every architecture at 32, 4 and 2 bits: the output's shape, a finite gradient for
+    every parameter, and the clipping thresholds under its family's state-dict names."""
+    in_ch, size = (1, 28) if arch.startswith("mnist_") else (3, 16 if arch in CIFAR else 32)
+    m = models.build_model(arch, num_classes=7, in_channels=in_ch, policy=QuantPolicy(w_bits=bits, a_bits=bits))
+    out = m(torch.randn(2, in_ch, size, size))
     assert out.shape == (2, 7)
     F.cross_entropy(out, torch.tensor([0, 3])).backward()
-    assert m.layer1[0].conv1.weight_quant.wgt_alpha.grad is not None
-    assert m.layer1[0].conv1.act_quant.act_alpha.grad is not None
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    family = models.get_entry(arch).family
+    keys = [k for k in m.state_dict() if k.startswith("layer1.0.conv1.")]
+    if bits == 32:
+        assert keys == ["layer1.0.conv1.weight"]
+    else:
+        assert sorted(keys) == sorted(["layer1.0.conv1.weight"] + [f"layer1.0.conv1.{k}" for k in ALPHA_KEYS[family]])
+        assert m.layer1[0].conv1.act_quant.act_alpha.grad != 0
 
 
 def test_mnist_shaped_input_one_channel():

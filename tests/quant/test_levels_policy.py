@@ -126,8 +126,9 @@ def test_loaded_negative_alpha_is_used_as_absolute_value():
 
 @pytest.mark.parametrize("kwargs,match,key", [
     (dict(w_bits=1), r"w_bits=1 \(binary weights\) is for per-layer bit allocation only", "w_bits"),
-    (dict(family="imagenet"), r"family 'imagenet' .* not available yet; use family: cifar \(or leave it out\)",
-     "family"),
+    (dict(family="mnist"), r"unknown family 'mnist'; expected one of: cifar, imagenet", "family"),
+    (dict(alpha_grad_scale=0.0), r"alpha_grad_scale=0.0: expected a positive number", "alpha_grad_scale"),
+    (dict(alpha_grad_scale="x"), r"alpha_grad_scale='x': expected a positive number", "alpha_grad_scale"),
     (dict(w_bits=4, z=2.0), r"z=2 belongs to scheme 'ngrid' only \(quant.scheme is 'apot'\)", "z"),
     (dict(w_bits=2, scheme="ngrid"), r"'ngrid' needs quant.z", "z"),
     (dict(first_last_bits=1), r"first_last_bits=1 is not supported; .* 2 to 8 bits, or 32", "first_last_bits"),

@@ -236,9 +236,9 @@ ERRORS = [
     ({"quant": "{budget: 2.5}"}, r"quant.budget: is not available yet: bit allocation under a budget comes later", "quant.budget"),
     ({"quant": "{w_bits: 1, budget: 2.5}"}, "bit allocation under a budget comes later", "quant.budget"),
     ({"quant": "{budget: null}"}, "is not available yet", "quant.budget"),
-    ({"quant": "{family: imagenet}"}, r"family 'imagenet' .* is not available yet; use family: cifar "
-     r"\(or leave it out\)", "quant.family"),
-    ({"quant": "{family: {choice: [cifar, imagenet]}}"}, "not available yet", "quant.family"),
+    ({"quant": "{family: resnet}"}, r"unknown family 'resnet'; expected one of: cifar, imagenet", "quant.family"),
+    ({"quant": "{family: {choice: [cifar, mnist]}}"}, "unknown family 'mnist'", "quant.family"),
+    ({"quant": "{alpha_grad_scale: -1}"}, "expected a positive number", "quant.alpha_grad_scale"),
     ({"quant": "{layers: {'layer2.*': {act_scheme: ngrid}}}"}, "act_scheme 'ngrid' does not exist",
      "quant.layers.layer2.*.act_scheme"),
     ({"quant": "{layers: {'layer2.*': {act_scheme: log2}}}"}, "unknown act_scheme 'log2'",
@@ -349,7 +349,6 @@ def test_file_level_errors(tmp_path):
 
 @pytest.mark.parametrize("override,match,key", [
     ("quant.budget=3", "bit allocation under a budget comes later", "quant.budget"),
-    ("quant.family=imagenet", "not available yet; use family: cifar", "quant.family"),
     ("quant.w_bits=1", "per-layer bit allocation only", "quant.w_bits"),
 ])
 def test_refused_knobs_from_the_command_line(tmp_path, override, match, key):
@@ -360,7 +359,7 @@ def test_refused_knobs_from_the_command_line(tmp_path, override, match, key):
 
 def test_refusals_exit_2_like_every_config_error(tmp_path):
     from sweep.cli import train
-    for text in ("quant: {budget: 2.5, w_bits: 1}", "quant: {family: imagenet}", "quant: {w_bits: 1}"):
+    for text in ("quant: {budget: 2.5, w_bits: 1}", "quant: {family: resnet}", "quant: {w_bits: 1}"):
         assert train.main([str(write(tmp_path, minimal() + text + "\n"))]) == 2
 
 
@@ -388,7 +387,8 @@ def test_trial_quant_section_is_the_policy():
     assert isinstance(cfg.quant, QuantPolicy)
     assert cfg.quant == QuantPolicy(w_bits=2, a_bits=2, scheme="ngrid", act_scheme="apot", z=2.0)
     assert cfg.quant.to_dict() == {"w_bits": 2, "a_bits": 2, "scheme": "ngrid", "act_scheme": "apot",
-                                   "family": None, "z": 2.0, "first_last_bits": 8, "layers": {}}
+                                   "family": None, "z": 2.0, "first_last_bits": 8, "alpha_grad_scale": None,
+                                   "layers": {}}
 
 
 def test_the_key_table_is_derived_from_the_schema():
@@ -445,3 +445,20 @@ def test_layer_glob_matching_no_layer_is_refused_at_load(tmp_path):
                                           r"resnet20; its layers are named like layer1.0.conv1") as e:
         load_experiment(path)
     assert e.value.key == "quant.layers.layer4.*"
+
+
+def test_family_and_alpha_grad_scale_from_yaml_set_and_distributions(tmp_path):
+    """quant.family (cifar | imagenet) and quant.alpha_grad_scale are keys like any other:
+    in the file, searched by a distribution, overridden by --set, flattened for MLflow."""
+    exp = load(tmp_path, minimal(model="{arch: mnist_resnet10}",
+                                 quant="{w_bits: 2, a_bits: 2, family: {choice: [cifar, imagenet]}, "
+                                       "alpha_grad_scale: 0.5}"),
+               ["quant.alpha_grad_scale=0.25"])
+    arm = exp.trial_spaces("main")[0]
+    assert exp.has_distributions(arm)
+    assert arm["quant"]["family"] == Choice(("cifar", "imagenet"))
+    for family in ("cifar", "imagenet"):
+        cfg = resolve_trial({**arm, "quant": {**arm["quant"], "family": family}})
+        assert cfg.quant.family == family and cfg.quant.alpha_grad_scale == 0.25
+        flat = cfg.flatten()
+        assert flat["quant.family"] == family and flat["quant.alpha_grad_scale"] == 0.25
