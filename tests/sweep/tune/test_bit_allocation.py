@@ -67,3 +67,82 @@ def test_per_layer_choice_through_ray_and_optuna(tmp_path):
         assert set(trial.params) == {"quant.layers.layer1.*.w_bits", "quant.layers.layer3.*.a_bits"}
         study.tell(trial, 1.0)
     assert seen == {(2, 2), (2, 3), (4, 2), (4, 3)}
+
+
+# ---------------------------------------------------------------- the budget
+
+BUDGETED = """
+    name: b
+    data: {dataset: synthetic}
+    quant:
+      w_bits: 4
+      a_bits: 4
+      budget: {avg_w_bits: 3.0}
+      layers:
+        "layer1.*": {w_bits: {%(d)s: [2, 4]}}
+        "layer2.*": {w_bits: {%(d)s: [2, 4]}}
+        "layer3.*": {w_bits: {%(d)s: [2, 4]}}
+    search: {algorithm: %(alg)s, num_samples: %(n)s}
+"""
+# per-stage weights (layer1 13,824, layer2 51,200, layer3 204,800 of 269,824; tests/quant/test_cost.py):
+# only layer3 at 2 bits brings the average to 3.0 or below, e.g. 4/4/2 -> (13,824*4 + 51,200*4 +
+# 204,800*2)/269,824 = 669,696/269,824 = 2.482; 2/2/4 -> 949,248/269,824 = 3.518 (over)
+
+
+def test_grid_over_budget_is_refused_with_the_offending_combinations(tmp_path):
+    from sweep.cli.run import main
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(BUDGETED % {"d": "grid", "alg": "grid", "n": 1}))
+    with pytest.raises(Exception) as err:
+        load_experiment(path, cwd=str(tmp_path))
+    text = str(err.value)
+    assert err.value.key == "quant.budget" and err.value.file == str(path)
+    assert "4 of 8 grid combination(s) are over the budget" in text
+    assert ("quant.layers.layer1.*.w_bits=2  quant.layers.layer2.*.w_bits=2  "
+            "quant.layers.layer3.*.w_bits=4  (avg_w_bits 3.518, avg_a_bits 4.000)") in text
+    assert text.count("layer3.*.w_bits=4") == 4 and "layer3.*.w_bits=2" not in text
+    assert main([str(path), "--dry-run"]) == 2
+
+
+def test_random_draws_within_budget_count_their_rejections(tmp_path, capsys):
+    from sweep.cli.run import main
+    from sweep.config.budget import tree_cost
+    exp = _exp(tmp_path, BUDGETED % {"d": "choice", "alg": "random", "n": 6})
+    plan = plan_stage(exp, "main")
+    assert len(plan.draws.trees) == plan.num_trials() == 6
+    costs = [tree_cost(t)[0] for t in plan.draws.trees]
+    assert all(c.avg_w_bits <= 3.0 for c in costs)
+    # each draw is over the budget with chance 1/2 (layer3 at 4 bits): some are rejected
+    assert plan.rejected() > 0
+    again = plan_stage(exp, "main")           # seeded: the same draws, the same count
+    assert again.draws.trees == plan.draws.trees and again.rejected() == plan.rejected()
+    from ray.tune.search.variant_generator import generate_variants
+    got = [spec["tree"] for _, spec in generate_variants(ray_space(plan))]
+    assert got == plan.draws.trees
+    assert main([str(tmp_path / "s.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"budget: {plan.rejected()} draw(s) over the budget rejected" in out
+    shown = [line for line in out.splitlines() if "| avg_w_bits" in line]
+    assert len(shown) == 6
+    assert shown[0].endswith(f"avg_w_bits {costs[0].avg_w_bits:.3f}  avg_a_bits 4.000")
+
+
+def test_optuna_reports_over_budget_points_infeasible_and_asks_again(tmp_path):
+    import optuna
+    from sweep.config.budget import tree_cost
+    from sweep.tune.plan import optuna_space
+    from sweep.tune.search import BudgetedOptunaSearch
+    plan = plan_stage(_exp(tmp_path, BUDGETED % {"d": "choice", "alg": "optuna", "n": 8}), "main")
+    assert plan.budgeted and plan.draws is None
+    searcher = BudgetedOptunaSearch(space=optuna_space(plan), metric="val_acc", mode="max",
+                                    sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    for i in range(8):
+        params = searcher.suggest(f"t{i}")
+        assert tree_cost(params["tree"])[0].avg_w_bits <= 3.0
+        searcher.on_trial_complete(f"t{i}", {"val_acc": 50.0 + i})
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) == searcher.rejected > 0
+    assert all(t.constraints["avg_w_bits"] > 0 for t in pruned)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 8 and all(t.constraints["avg_w_bits"] <= 0 for t in done)
