@@ -146,3 +146,76 @@ def test_optuna_reports_over_budget_points_infeasible_and_asks_again(tmp_path):
     assert all(t.constraints["avg_w_bits"] > 0 for t in pruned)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 8 and all(t.constraints["avg_w_bits"] <= 0 for t in done)
+
+
+# ---------------------------------------------------------------- a real budgeted sweep
+
+SWEEP = """
+    name: budget_e2e
+    data:
+      dataset: synthetic
+      synthetic: {train_size: 64, test_size: 32, image_size: 8}
+    model: {arch: resnet20}
+    quant:
+      w_bits: 4
+      a_bits: 4
+      budget: {avg_w_bits: 3.0, avg_a_bits: 3.0}
+      layers:
+        "layer1.*": {w_bits: {choice: [2, 4]}, a_bits: {choice: [2, 4]}}
+        "layer2.*": {w_bits: {choice: [2, 4]}, a_bits: {choice: [2, 4]}}
+        "layer3.*": {w_bits: {choice: [2, 4]}, a_bits: {choice: [2, 4]}}
+    train: {epochs: 1, batch_size: 32, lr: 0.05, device: cpu, compile: false}
+    search: {algorithm: random, num_samples: 6, seed: 1, scheduler: {type: fifo}}
+    resources: {cpus_per_trial: 1}
+"""
+
+
+@pytest.mark.slow
+def test_budgeted_random_sweep_trains_only_within_budget_and_reports_it(tmp_path, capsys):
+    """6 random samples of per-stage bits in {2, 4} under a 3.0-bit budget: every trained
+    trial's logged averages are within it, the rejections are counted (printed, in
+    sweep.json and on the stage run), and the report shows the cost beside accuracy
+    with a Pareto plot."""
+    import os
+    import subprocess
+    import sys
+    from mlflow import MlflowClient
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(SWEEP))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
+    proc = subprocess.run([sys.executable, str(REPO / "run_sweep.py"), str(path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    planned = plan_stage(load_experiment(path, cwd=str(tmp_path)), "main").rejected()
+    assert planned > 0
+    assert f"quant.budget: {planned} draw(s) over the budget were rejected" in proc.stdout
+    assert f"budget:     {planned} configuration(s) over quant.budget rejected" in proc.stdout
+    state = json.loads((tmp_path / "sweeps" / "budget_e2e" / "sweep.json").read_text())
+    assert state["stages"]["main"]["rejected_over_budget"] == planned
+
+    uri = f"sqlite:///{tmp_path}/sweeps/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("budget_e2e")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    stage = next(r for r in runs if r.data.tags.get("sweep.role") == "stage")
+    assert stage.data.metrics["rejected_over_budget"] == planned
+    assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials)
+    for run in trials:
+        for key in ("avg_w_bits", "avg_a_bits", "weight_size_bytes", "bops"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [0], key       # logged once, at step 0
+        assert run.data.metrics["avg_w_bits"] <= 3.0 and run.data.metrics["avg_a_bits"] <= 3.0
+        folder = client.download_artifacts(run.info.run_id, "bits.json", str(tmp_path / run.info.run_id))
+        bits = json.loads(pathlib.Path(folder).read_text())
+        assert bits["avg_w_bits"] == pytest.approx(run.data.metrics["avg_w_bits"])
+        assert bits["image_size"] == [8, 8] and bits["layers"]["layer3.0.conv2"]["params"] == 36_864
+        # 8x8 images: a sixteenth of the 32x32 MACs of every conv
+        assert bits["layers"]["layer3.0.conv2"]["macs"] == 2_359_296 // 16
+
+    from sweep.cli.report import main as report
+    plots = tmp_path / "plots"
+    assert report(["budget_e2e", "--mlflow-uri", uri, "--plots", str(plots)]) == 0
+    text = capsys.readouterr().out
+    assert "avg bits w / a" in text and "weight size KiB" in text and "GBOPs" in text
+    assert (plots / "pareto.png").stat().st_size > 10_000
