@@ -131,12 +131,32 @@ class StagePlan:
             if self.budgeted:
                 lines.append("  budget: Optuna's points over the budget are reported infeasible and "
                              "drawn again, never trained")
+                lines += [f"  {line}" for line in self._feasible_share()]
             return lines
         if not self.searched:
             lines.append(f"  trials: {self.num_trials()} (nothing searched)")
             return lines
         lines.append("  trials:")
         return lines + self._rows(self.expand_grid())
+
+    def _feasible_share(self) -> list[str]:
+        """How many of each arm's quant.* combinations are within the budget, and the
+        range of their averages (when the combinations can be listed)."""
+        out = []
+        for i, arm_tree in enumerate(self.arm_trees):
+            trees = concrete_candidates(arm_tree, "quant", limit=4096)
+            if trees is None or not has_budget(arm_tree):
+                continue
+            costs = [quant_cost(t) for t in trees]
+            ok = [c for c, excess in costs if all(v <= 1e-9 for v in excess.values())]
+            where = f"arm {i}: " if len(self.arm_trees) > 1 else ""
+            line = f"{where}{len(ok)} of {len(costs)} quant combinations within the budget"
+            if ok:
+                line += (f"; their avg_w_bits {min(c.avg_w_bits for c in ok):.3f}-"
+                         f"{max(c.avg_w_bits for c in ok):.3f}, avg_a_bits "
+                         f"{min(c.avg_a_bits for c in ok):.3f}-{max(c.avg_a_bits for c in ok):.3f}")
+            out.append(line)
+        return out
 
     def _rows(self, trees: list) -> list[str]:
         """One line per trial: its searched values and, for a quantized trial, its average
