@@ -148,6 +148,28 @@ def test_optuna_reports_over_budget_points_infeasible_and_asks_again(tmp_path):
     assert len(done) == 8 and all(t.constraints["avg_w_bits"] <= 0 for t in done)
 
 
+def test_pareto_front_keeps_what_nothing_beats():
+    from sweep.metrics import pareto_front
+    # (cost, accuracy): b is beaten by a (cheaper, as accurate), d by c (same cost, less
+    # accurate), f has no accuracy; e is the most accurate, g the cheapest
+    pts = {"a": (1.0, 80.0), "b": (2.0, 80.0), "c": (3.0, 85.0), "d": (3.0, 84.0),
+           "e": (5.0, 90.0), "f": (0.5, None), "g": (0.8, 60.0)}
+    front = pareto_front(pts, lambda k: pts[k][0], lambda k: pts[k][1])
+    assert front == ["g", "a", "c", "e"]
+    assert pareto_front([], lambda k: 0, lambda k: 0) == []
+
+
+def test_shipped_bit_allocation_space():
+    exp = load_experiment(REPO / "search_spaces" / "bit_allocation.yaml", cwd=str(REPO))
+    assert [s.name for s in exp.stages] == ["fp32", "allocation"]
+    plan = plan_stage(exp, "allocation")
+    assert plan.search.algorithm == "optuna" and plan.search.scheduler.type == "asha"
+    assert plan.budgeted and plan.init == {"best_of": "fp32", "match": []}
+    assert plan.searched == [f"quant.layers.layer{i}.*.{k}_bits" for i in (1, 2, 3) for k in "wa"]
+    assert exp.trial_spaces("allocation")[0]["quant"]["budget"] == {"avg_w_bits": 3.0, "avg_a_bits": 3.0}
+    assert not plan_stage(exp, "fp32").budgeted
+
+
 # ---------------------------------------------------------------- a real budgeted sweep
 
 SWEEP = """
