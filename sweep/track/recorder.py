@@ -310,8 +310,9 @@ class SweepRecorder:
                     last = logged
             self._checked.add(trial_id)
             self._trials[trial_id] = {"run_id": run_id, "stage": stage_name,
-                                      "last_epoch": last, "status": "RUNNING",
-                                      "once_logged": rec.get("once_logged", False)}
+                                      "last_epoch": last, "status": "RUNNING"}
+            if rec.get("once_logged"):           # log_once's metrics are in the run already
+                self._trials[trial_id]["once_logged"] = True
             self._save_state()
             return run_id
 
