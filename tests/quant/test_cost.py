@@ -49,9 +49,9 @@ def test_resnet20_layer_shapes_match_the_hand_count():
     assert sum(layers[n].in_elems for n in counted) == 208_896
     assert sum(layers[n].macs for n in counted) == 40_370_176
     assert shape.other_params == 1578
-    # the same shape measured on a quantized model (hooks on QuantConv2d; alphas left out)
-    quantized = model_shape(models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4)))
-    assert quantized.layers == shape.layers and quantized.other_params == 1578
+    # measured on a built model (8-bit first and last layer: QuantConv2d/QuantLinear hooked)
+    built = model_shape(models.build_model("resnet20"))
+    assert built.layers == shape.layers and built.other_params == 1578
 
 
 @pytest.mark.parametrize("bits", [4, 2])
