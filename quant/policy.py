@@ -97,6 +97,25 @@ def _layers(layers):
     return tuple(out)
 
 
+def _budget(budget):
+    """``{avg_w_bits: B_w, avg_a_bits: B_a}`` (either may be left out) -> the same with floats."""
+    keys = ("avg_w_bits", "avg_a_bits")
+    if not isinstance(budget, dict) or not budget:
+        raise QuantConfigError(f"expected a mapping with avg_w_bits and/or avg_a_bits, e.g. "
+                               f"{{avg_w_bits: 3.0, avg_a_bits: 3.0}}; got {budget!r}")
+    out = {}
+    for key, value in budget.items():
+        if key not in keys:
+            raise QuantConfigError(f"unknown budget key {key!r}; allowed: {', '.join(keys)}", f"budget.{key}")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= FULL_PRECISION:
+            raise QuantConfigError(f"expected an average number of bits from 1 to {FULL_PRECISION}, "
+                                   f"got {value!r}", f"budget.{key}")
+        out[key] = float(value)
+    return out or None
+
+
 def _key(default, kind, check, null=False):
     """A ``quant.*`` key: its default, which values it parses to (``int``, ``float``, ``any``:
     also which search distributions fit it), its check, and whether ``None`` is allowed. The
@@ -118,6 +137,9 @@ class QuantPolicy:
     first_last_bits: int = _key(8, "int", _first_last_bits)  # first conv, last linear
     alpha_grad_scale: float | None = _key(None, "float", _grad_scale, null=True)   # on alpha grads
     layers: tuple = _key((), "layers", _layers)   # ((glob, {key: value}), ...) in file order
+    # {avg_w_bits, avg_a_bits}: the most average bits a trial may have (quant.cost); the
+    # averages need the architecture's layer shapes, so the configuration checks them
+    budget: dict | None = _key(None, "budget", _budget, null=True)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

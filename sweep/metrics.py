@@ -1,5 +1,6 @@
 """The best by a metric and its mode (``max`` | ``min``): one rule for every place that
-picks a best epoch, trial or checkpoint. Pure Python (the train wing imports it too).
+picks a best epoch, trial or checkpoint; and the Pareto front of (cost, value) points.
+Pure Python (the train wing imports it too).
 
 A value that is None or NaN is never better than anything, and anything finite is
 better than no value yet; among equal values the first one stays the best.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, TypeVar
 
-__all__ = ["MODES", "check_mode", "is_better", "best_of"]
+__all__ = ["MODES", "check_mode", "is_better", "best_of", "pareto_front"]
 
 MODES = ("max", "min")
 T = TypeVar("T")
@@ -46,3 +47,17 @@ def best_of(items: Iterable[T], key: Callable[[T], float], mode: str,
         if is_better(value, best_value, mode):
             best, best_value = item, value
     return best
+
+
+def pareto_front(items: Iterable[T], cost: Callable[[T], float], value: Callable[[T], float]) -> list[T]:
+    """The items no other item beats: none has a lower-or-equal ``cost`` and a higher
+    ``value`` (or an equal value at a lower cost). Sorted by cost; items missing either
+    number are left out; of equal points the first stays."""
+    points = [(cost(i), value(i), n, i) for n, i in enumerate(items)]
+    points = [p for p in points if not _missing(p[0]) and not _missing(p[1])]
+    front, best = [], None
+    for c, v, _, item in sorted(points, key=lambda p: (p[0], -p[1], p[2])):
+        if best is None or v > best:
+            front.append(item)
+            best = v
+    return front

@@ -1,4 +1,5 @@
-"""Score a checkpoint and print every layer's clipping thresholds.
+"""Score a checkpoint and print its average bits, weight size and BOPs (``quant.cost``, for
+the dataset's image size) and every layer's clipping thresholds.
 
     python -m sweep.evaluate CHECKPOINT [--dataset NAME --data-root DIR | --data-path FILE]
                              [--arch A --w-bits N --a-bits N --scheme S [--z Z]] [--json]
@@ -20,6 +21,7 @@ import torch
 import quant
 from models.checkpoint import (CheckpointError, family_of, is_project_checkpoint, load_weights,
                                model_of, policy_of, read_checkpoint)
+from sweep.train.bits import model_cost
 from sweep.train.data import DataError, load_data
 from sweep.train.evaluate import evaluate_model
 from sweep.train.loader import BatchLoader
@@ -99,10 +101,11 @@ def main(argv=None) -> int:
     result = evaluate_model(model, loader)
     seconds = time.perf_counter() - t0
     alphas = quant.alphas(model)
+    cost, _ = model_cost(model, bundle.image_size)
     out = {"checkpoint": str(args.checkpoint), "dataset": bundle.name, "split": args.split,
            "accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
            "loss": result["loss"], "alphas": alphas, "arch": model.arch,
-           "quant": policy.to_dict(),
+           "quant": policy.to_dict(), **cost.as_dict(), "image_size": list(bundle.image_size),
            "missing_alphas": info["missing_alphas"], "seconds": round(seconds, 3)}
     if args.json:
         print(json.dumps(out))
@@ -111,6 +114,9 @@ def main(argv=None) -> int:
     print(f"  {model.arch}, {bundle.describe() if hasattr(bundle, 'describe') else bundle.name}")
     print(f"  {args.split} accuracy {result['accuracy']:.2f} % ({result['correct']}/{result['total']}), "
           f"loss {result['loss']:.4f}, {seconds:.1f} s")
+    print(f"  average bits: weights {cost.avg_w_bits:.3f}, activations {cost.avg_a_bits:.3f}; "
+          f"weight size {cost.weight_size_bytes:,.0f} bytes; {cost.bops:,.0f} BOPs per "
+          f"{bundle.image_size[0]}x{bundle.image_size[1]} image")
     if info["missing_alphas"]:
         print(f"  note: {len(info['missing_alphas'])} clipping thresholds were not in the checkpoint "
               "and keep their initial values")

@@ -210,7 +210,7 @@ def _load_datasets(plans: list[StagePlan]):
             if trees is None:             # continuous data.* values: trials load their own
                 trees = concrete_candidates(arm_tree, None)
             for tree in trees:
-                cfg = resolve_trial(tree)
+                cfg = resolve_trial(tree, check_budget=False)
                 configs.setdefault(data_key(cfg.data), cfg.data)
     out = {}
     for key, data_cfg in configs.items():

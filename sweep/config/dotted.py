@@ -20,9 +20,19 @@ def sanitize_key(key: str) -> str:
     return out[:_MAX_KEY] or "_"
 
 
+def split_key(key: str) -> list[str]:
+    """The path of a dotted key. A ``quant.layers`` glob may hold dots itself, so below
+    ``quant.layers`` the last part is the layer key and everything between is the glob:
+    ``quant.layers.layer2.*.w_bits`` -> ``[quant, layers, layer2.*, w_bits]``."""
+    parts = key.split(".")
+    if parts[:2] == ["quant", "layers"] and len(parts) > 3:
+        return parts[:2] + [".".join(parts[2:-1]), parts[-1]]
+    return parts
+
+
 def get_dotted(tree: dict, key: str, default=_MISSING):
     node = tree
-    for part in key.split("."):
+    for part in split_key(key):
         if not isinstance(node, dict) or part not in node:
             if default is _MISSING:
                 raise KeyError(key)
@@ -32,7 +42,7 @@ def get_dotted(tree: dict, key: str, default=_MISSING):
 
 
 def set_dotted(tree: dict, key: str, value) -> None:
-    *parents, last = key.split(".")
+    *parents, last = split_key(key)
     node = tree
     for part in parents:
         node = node.setdefault(part, {})

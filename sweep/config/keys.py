@@ -19,10 +19,7 @@ from sweep.config.space import (RandInt, _Finite, has_distributions, is_distribu
 
 TOP_SECTIONS = tuple(SECTIONS)
 # Keys refused with a reason rather than "unknown key": documented, but not there yet.
-NOT_YET = {
-    "quant.budget": "is not available yet: bit allocation under a budget comes later; for now set "
-                    "the bits of chosen layers in quant.layers (w_bits: 1 is allowed there)",
-}
+NOT_YET: dict[str, str] = {}
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 _PARSE = {"int": parse_int, "float": parse_number}
 
@@ -33,6 +30,8 @@ def _from_policy(f: dataclasses.Field) -> Field:
     meta = f.metadata
     if meta["kind"] == "layers":
         return Field({}, _layers)
+    if meta["kind"] == "budget":
+        return Field(f.default, _budget, "any", meta["null"])
     parse = _PARSE.get(meta["kind"])
 
     def check(v, cwd):
@@ -82,6 +81,25 @@ def _layers(v, cwd):
             except Invalid as exc:
                 raise Invalid(exc.message, f"{sub}.{name}{exc.sub}") from None
     return out
+
+
+def _budget(v, cwd):
+    """``quant.budget``: a mapping of average bits, each value parsed as a number first."""
+    from quant.levels import QuantConfigError
+    from quant.policy import _budget as check
+    if isinstance(v, dict):
+        parsed = {}
+        for name, value in v.items():
+            try:
+                parsed[name] = None if value is None else parse_number(value)
+            except ValueError as exc:
+                raise Invalid(str(exc), f".{name}") from None
+        v = parsed
+    try:
+        return check(v)
+    except QuantConfigError as exc:
+        sub = exc.key[len("budget"):] if exc.key and exc.key.startswith("budget.") else ""
+        raise Invalid(str(exc), sub) from None
 
 
 def leaves(mapping: dict, tops) -> list[tuple[str, Any]]:

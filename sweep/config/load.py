@@ -25,11 +25,13 @@ from sweep.config.checks import (RESERVED_EXPERIMENT_NAMES, RESERVED_STAGE_NAMES
 from sweep.config.keys import KEYS, TOP_SECTIONS, check_leaf, leaves
 from sweep.config.space import Grid, find_distributions, has_distributions
 from sweep.config.files import check_data, check_init
+from sweep.config.budget import budget_offenders, has_budget
 from sweep.config.trial import resolve_trial
 from sweep.config.schema import (STAGE_TOPS, TRIAL_SECTIONS, InitFrom, ResourcesConfig, SchedulerConfig,
                                  SearchConfig, TrackingConfig, TrialConfig)
 
 _MAX_COMBOS = 2048          # concrete trees tried per arm when validating a space
+_MAX_LISTED_OFFENDERS = 32  # grid combinations over the budget named in the error
 
 
 # ---------------------------------------------------------------- trees and arms
@@ -348,7 +350,7 @@ def _validate_space(tree, search, stage, earlier, all_stages, prov, shown, seen,
                     "grid or random")), prov, shown)
     for concrete in _concrete_trees(tree, found):
         try:
-            cfg = resolve_trial(concrete)
+            cfg = resolve_trial(concrete, check_budget=False)
         except ConfigError as exc:
             raise _locate(exc, prov, shown) from None
         problem = (_check_files_and_refs(cfg, stage, earlier, all_stages)
@@ -357,6 +359,36 @@ def _validate_space(tree, search, stage, earlier, all_stages, prov, shown, seen,
         if problem:
             raise _locate(ConfigError(None, *problem), prov, shown)
         seen.configs.append(cfg.to_dict())
+    if has_budget(tree):
+        problem = _budget_problem(tree)
+        if problem:
+            raise _locate(ConfigError(None, "quant.budget", problem), prov, shown)
+
+
+def _budget_problem(tree) -> str | None:
+    """What is wrong with a budgeted space: grid combinations over the budget (a grid is
+    never resampled, so they are refused, listed), or no point within it at all."""
+    offenders = budget_offenders(tree)
+    if not offenders:
+        return None
+    if offenders[0][0] == {}:
+        cost = offenders[0][1]
+        if cost is not None:
+            return (f"this configuration averages {cost.avg_w_bits:.3f} weight bits and "
+                    f"{cost.avg_a_bits:.3f} activation bits, over the budget; raise the budget "
+                    "or lower some layers' bits")
+        return ("no configuration of this space is within the budget; raise the budget or "
+                "allow fewer bits")
+    total = math.prod(len(d.values) for p, d in find_distributions(tree)
+                      if isinstance(d, Grid) and (p[0] == "quant" or tuple(p[:2]) == ("model", "arch")))
+    lines = [f"{len(offenders)} of {total} grid combination(s) are over the budget and would never be "
+             "trained; remove them from the grid, or raise the budget:"]
+    for combo, cost in offenders[:_MAX_LISTED_OFFENDERS]:
+        avg = f"  (avg_w_bits {cost.avg_w_bits:.3f}, avg_a_bits {cost.avg_a_bits:.3f})" if cost else ""
+        lines.append("    " + "  ".join(f"{k}={v}" for k, v in combo.items()) + avg)
+    if len(offenders) > _MAX_LISTED_OFFENDERS:
+        lines.append(f"    ... {len(offenders) - _MAX_LISTED_OFFENDERS} more")
+    return "\n".join(lines)
 
 
 def _concrete_trees(tree, found):

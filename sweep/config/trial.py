@@ -19,10 +19,12 @@ _EXPERIMENT_KEYS = ("name", "stages", "search", "resources", "tracking")
 _TRIAL_DEFAULTS = {k: f.default for k, f in KEYS.items() if k.split(".")[0] in TRIAL_SECTIONS}
 
 
-def resolve_trial(tree: dict, cwd: str | None = None) -> TrialConfig:
+def resolve_trial(tree: dict, cwd: str | None = None, check_budget: bool = True) -> TrialConfig:
     """The TrialConfig of a concrete tree (no distributions left). Missing keys take their
     defaults; ``name``, ``stages``, ``search``, ``resources`` and ``tracking`` (experiment-
-    level) are ignored. Relative paths are made absolute against ``cwd`` when it is given."""
+    level) are ignored. Relative paths are made absolute against ``cwd`` when it is given.
+    A tree over its ``quant.budget`` is an error unless ``check_budget`` is false (a search
+    space's validation, which decides what over-budget points mean for its algorithm)."""
     if not isinstance(tree, dict):
         raise ConfigError(None, None, f"a trial config is a mapping of sections, got {tree!r}")
     try:
@@ -40,10 +42,10 @@ def resolve_trial(tree: dict, cwd: str | None = None) -> TrialConfig:
         if has_distributions(values[key]):
             raise ConfigError(None, key, f"is a distribution ({values[key]!r}); a trial needs "
                               "concrete values: sample the search space first")
-    return _build_trial(values)
+    return _build_trial(values, check_budget)
 
 
-def _build_trial(v: dict) -> TrialConfig:
+def _build_trial(v: dict, check_budget: bool = True) -> TrialConfig:
     def sec(prefix):
         return {k[len(prefix) + 1:]: x for k, x in v.items()
                 if k.startswith(prefix + ".") and "." not in k[len(prefix) + 1:]}
@@ -60,7 +62,7 @@ def _build_trial(v: dict) -> TrialConfig:
                           f"{len(data['mean'])}; give one per channel in both")
     data.update(mean=tup(data["mean"]), std=tup(data["std"]),
                 synthetic=SyntheticConfig(**sec("data.synthetic")))
-    quant = quant_policy(sec("quant"), v["model.arch"])
+    quant = quant_policy(sec("quant"), v["model.arch"], check_budget)
     train = sec("train")
     train["milestones"] = tuple(train["milestones"])
     if isinstance(train["init"], dict):
@@ -68,9 +70,10 @@ def _build_trial(v: dict) -> TrialConfig:
     return TrialConfig(DataConfig(**data), ModelConfig(**sec("model")), quant, TrainConfig(**train))
 
 
-def quant_policy(values: dict, arch: str) -> QuantPolicy:
+def quant_policy(values: dict, arch: str, check_budget: bool = True) -> QuantPolicy:
     """The checked ``QuantPolicy`` of the ``quant`` keys, ``act_scheme`` resolved; its
-    errors as ConfigErrors at ``quant.<key>``."""
+    errors as ConfigErrors at ``quant.<key>``; over ``quant.budget``, an error at
+    ``quant.budget`` (when ``check_budget``)."""
     try:
         policy = QuantPolicy.from_dict(values)
     except QuantConfigError as exc:
@@ -80,6 +83,11 @@ def quant_policy(values: dict, arch: str) -> QuantPolicy:
             check_layer_globs(_layer_names(arch), [g for g, _ in policy.layers], arch)
         except QuantConfigError as exc:
             raise ConfigError(None, f"quant.{exc.key}", str(exc)) from None
+    if policy.budget and check_budget:
+        from sweep.config.budget import over_budget
+        problem = over_budget(policy, arch)
+        if problem:
+            raise ConfigError(None, "quant.budget", problem)
     return dataclasses.replace(policy, act_scheme=policy.act_scheme or default_act_scheme(policy.scheme))
 
 

@@ -7,6 +7,10 @@
   model/dataset/scheme (mixed precision a line of its own), full precision as a
   horizontal line; each point is the best
   configuration at that bit width (over Z, lr, weight decay, stages);
+- ``pareto.png``: accuracy against weight size and against BOPs (``quant.cost``, as each
+  trial logged them), one point per configuration, the Pareto front (no configuration
+  both smaller, or cheaper, and more accurate) drawn as a step line with its points
+  labelled by their bits;
 - ``alphas_<stage>_<run>.png``: a run's final clipping thresholds per layer (weight and
   activation), the chart form of the reference's printed ``wgt_alpha`` lists;
 - ``alpha_trajectories_<stage>_<run>.png``: those thresholds over epochs.
@@ -25,11 +29,11 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
-from sweep.metrics import best_of
+from sweep.metrics import best_of, pareto_front
 from sweep.report.results import (ExperimentResults, ReportError, Row, Trial, alpha_history,
                            natural_key, norm_name as _norm, read_alphas)
 
-__all__ = ["write_plots", "plot_acc_vs_z", "plot_acc_vs_bits", "plot_alphas",
+__all__ = ["write_plots", "plot_acc_vs_z", "plot_acc_vs_bits", "plot_pareto", "plot_alphas",
            "plot_alpha_trajectories", "best_trial"]
 
 ARTIFACT_DIR = "report"
@@ -187,6 +191,51 @@ def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
     return _save(fig, path)
 
 
+# -------------------------------------------------------------------------- Pareto
+
+_PARETO_AXES = (("weight_size_bytes", 1024, "weight size (KiB)", "weight size"),
+                ("bops", 1e9, "BOPs per image (10^9)", "BOPs"))
+
+
+def plot_pareto(rows: list[Row], path: str) -> str | None:
+    """None when fewer than two rows have a cost and an accuracy."""
+    pts = [r for r in rows if r.cost and r.reported is not None
+           and all(k in r.cost for k, *_ in _PARETO_AXES)]
+    if len(pts) < 2:
+        return None
+    fig = Figure(figsize=(12, 4.8))
+    stages = list(dict.fromkeys(r.stage for r in pts))
+    for i, (key, unit, xlabel, what) in enumerate(_PARETO_AXES):
+        ax = fig.add_subplot(1, 2, i + 1)
+        x = lambda r: r.cost[key] / unit           # noqa: E731
+        for j, stage in enumerate(stages):
+            mine = [r for r in pts if r.stage == stage]
+            ax.errorbar([x(r) for r in mine], [r.reported.mean for r in mine],
+                        yerr=[r.reported.std or 0.0 for r in mine], linestyle="none", marker="o",
+                        color=f"C{j % 10}", alpha=0.75, capsize=2,
+                        label=f"stage {stage}" if len(stages) > 1 else "configurations")
+        front = pareto_front(pts, x, lambda r: r.reported.mean)
+        ax.plot([x(r) for r in front], [r.reported.mean for r in front], color="crimson",
+                drawstyle="steps-post", linewidth=1.5, zorder=3, label="Pareto front")
+        ax.plot([x(r) for r in front], [r.reported.mean for r in front], linestyle="none",
+                marker="*", markersize=12, color="crimson", zorder=4)
+        for r in front:
+            ax.annotate(r.bits_label, (x(r), r.reported.mean), fontsize=7,
+                        textcoords="offset points", xytext=(5, -10))
+        if max(x(r) for r in pts) / max(min(x(r) for r in pts), 1e-12) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(acc_label(pts))
+        ax.set_title(f"accuracy against {what}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    models = sorted({(str(r.model), str(r.dataset)) for r in pts})
+    head = f"{models[0][0]} {models[0][1]}: " if len(models) == 1 else ""
+    fig.suptitle(f"{head}{len(pts)} configurations, Pareto front in red "
+                 "(mean ± std over seeds)", fontsize=10)
+    return _save(fig, path)
+
+
 # -------------------------------------------------------------------------- alphas
 
 def _run_title(trial: Trial) -> str:
@@ -283,6 +332,10 @@ def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
     path = plot_acc_vs_bits(rows, os.path.join(out_dir, "acc_vs_bits.png"))
     if path:
         drawn = [r.stage for r in rows if not r.full_precision and r.reported is not None]
+        made.append((path, list(dict.fromkeys(drawn))))
+    path = plot_pareto(rows, os.path.join(out_dir, "pareto.png"))
+    if path:
+        drawn = [r.stage for r in rows if r.cost and r.reported is not None]
         made.append((path, list(dict.fromkeys(drawn))))
 
     if run_id:

@@ -34,7 +34,7 @@ from sweep.track.store import paged
 from sweep.track.names import (ALPHAS_ARTIFACT, BITS_ARTIFACT, ERROR_TAG, FAILURE_TAG, ROLE_TAG,
                             STAGE_TAG, STOPPED_EARLY_TAG, TRIAL_TAG)
 
-__all__ = ["ExperimentResults", "ReportError", "Row", "Stat", "Trial", "group_rows",
+__all__ = ["ExperimentResults", "ReportError", "Row", "Stat", "Trial", "group_rows", "COST_KEYS",
            "natural_key", "norm_name",
            "parse_param", "read_alphas", "alpha_history", "ACC_KEY", "TEST_KEY"]
 
@@ -46,6 +46,8 @@ DEFAULT_METRIC, DEFAULT_MODE = "val_acc", "max"
 # where things are (the data folder, the device).
 NOT_CONFIG = ("train.seed", "data.root", "train.device")
 LAYERS_PREFIX = "quant.layers."
+# A trial's average bits, weight size and BOPs, logged once at step 0 (quant.cost).
+COST_KEYS = ("avg_w_bits", "avg_a_bits", "weight_size_bytes", "bops")
 
 
 class ReportError(Exception):
@@ -105,6 +107,7 @@ class Trial:
     history: dict[str, dict[int, float]]   # metric -> {epoch: value}
     start_time: int = 0
     bits: tuple[float, float] | None = None   # averages from bits.json (mixed precision)
+    cost: dict | None = None                  # COST_KEYS -> value, when the trial logged them
 
     # ---- config ------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
@@ -202,6 +205,11 @@ class Row:
         if self.mixed:
             return next((t.bits for t in self.trials if t.bits), (None, None))
         return self.first.get("quant.w_bits"), self.first.get("quant.a_bits")
+
+    @property
+    def cost(self) -> dict | None:
+        """Average bits, weight size and BOPs (the same for every seed of a configuration)."""
+        return next((t.cost for t in self.trials if t.cost), None)
 
     @property
     def full_precision(self) -> bool:
@@ -323,8 +331,12 @@ class ExperimentResults:
             failure=tags.get(FAILURE_TAG), error=tags.get(ERROR_TAG),
             params={k: parse_param(v) for k, v in run.data.params.items()},
             metric=metric, mode=mode, history=history, start_time=info.start_time or 0)
+        cost = {k: run.data.metrics[k] for k in COST_KEYS if k in run.data.metrics}
+        trial.cost = cost or None
         if trial.mixed and trial.status == "FINISHED":
-            trial.bits = read_bits(self.client, info.run_id)
+            # the weighted averages (parameters, input elements) when logged, else bits.json's
+            trial.bits = ((cost["avg_w_bits"], cost["avg_a_bits"]) if "avg_a_bits" in cost
+                          else read_bits(self.client, info.run_id))
         return trial
 
     def _history(self, run_id: str, key: str) -> dict[int, float]:

@@ -13,7 +13,8 @@ import os
 from typing import Any, Iterable
 
 from sweep.report.compare import Comparison, Published
-from sweep.report.results import ACC_KEY, ExperimentResults, Row, Stat, Trial, norm_name as _norm
+from sweep.report.results import (ACC_KEY, COST_KEYS, ExperimentResults, Row, Stat, Trial,
+                                  norm_name as _norm)
 
 __all__ = ["markdown_report", "write_csv", "write_compare_csv", "compare_csv_path"]
 
@@ -40,6 +41,21 @@ def _stat(s: Stat | None) -> str:
     if s is None:
         return DASH
     return f"{s.mean:.2f}" if s.std is None else f"{s.mean:.2f} ± {s.std:.2f}"
+
+
+def cost_cells(row: Row) -> list[str]:
+    """Average bits (w / a), weight size in KiB, BOPs in G: ``quant.cost`` as logged."""
+    c = row.cost
+    if not c:
+        return [DASH, DASH, DASH]
+    bits = (f"{c['avg_w_bits']:.2f} / {c['avg_a_bits']:.2f}"
+            if "avg_w_bits" in c and "avg_a_bits" in c else DASH)
+    size = f"{c['weight_size_bytes'] / 1024:.1f}" if "weight_size_bytes" in c else DASH
+    bops = f"{c['bops'] / 1e9:.3f}" if "bops" in c else DASH
+    return [bits, size, bops]
+
+
+COST_HEADERS = ["avg bits w / a", "weight size KiB", "GBOPs"]
 
 
 def _list(values: Iterable) -> str:
@@ -147,6 +163,9 @@ def table_lines(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     headers.append(cols.best)
     if cols.with_test:
         headers.append(cols.test)
+    with_cost = any(r.cost for r in rows)
+    if with_cost:
+        headers += COST_HEADERS
     headers += [cols.last, "epochs run", "status"]
     lines = []
     for r in rows:
@@ -163,6 +182,8 @@ def table_lines(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         line.append(best)
         if cols.with_test:
             line.append(_stat(r.test_at_best) if r.split == "val" else DASH)
+        if with_cost:
+            line += cost_cells(r)
         line += [_stat(r.last), _list(r.epochs_run), status_label(r)]
         lines.append(line)
     return headers, lines
@@ -192,8 +213,16 @@ def table_notes(rows: list[Row], results: ExperimentResults) -> list[str]:
                      "the epoch validation chose: the number to quote.")
     if any(r.mixed for r in rows):
         notes.append("Mixed precision (quant.layers): MIXED(w..,a..) gives the average weight and "
-                     "activation bits over the quantized layers listed in each run's bits.json "
-                     "(MIXED alone: no run of the row logged bits.json).")
+                     "activation bits over the quantized layers (weighted by parameters and by "
+                     "input elements when the run logged avg_w_bits/avg_a_bits, else the plain "
+                     "mean over the layers of its bits.json; MIXED alone: neither was logged).")
+    if any(r.cost for r in rows):
+        notes.append("*avg bits w / a*: over the block and shortcut convs, weight bits weighted by "
+                     "parameter count, activation bits by input elements per image (first and last "
+                     "layer not counted); *weight size*: every weight at its bits, the first and "
+                     "last layer at quant.first_last_bits, batch-norm and biases at 32 bits; "
+                     "*GBOPs*: MACs x weight bits x input bits per image, summed over all layers, "
+                     "in 10^9.")
     return notes
 
 
@@ -272,7 +301,7 @@ CSV_FIELDS = ["stage", "model", "dataset", "w_bits", "a_bits", "mixed", "scheme"
               "z", "lr", "weight_decay", "seeds", "n_seeds", "val_acc_split", "metric", "mode",
               "best_acc_mean", "best_acc_std", "best_epochs", "test_acc_at_best_mean",
               "test_acc_at_best_std", "last_acc_mean", "last_acc_std", "epochs_run",
-              "n_stopped_early", "n_failed", "status", "run_ids"]
+              *COST_KEYS, "n_stopped_early", "n_failed", "status", "run_ids"]
 
 
 def _csv_num(x: Any) -> Any:
@@ -295,6 +324,7 @@ def csv_record(r: Row) -> dict[str, Any]:
         "test_acc_at_best_std": _csv_num(test and test.std),
         "last_acc_mean": _csv_num(last and last.mean), "last_acc_std": _csv_num(last and last.std),
         "epochs_run": " ".join(str(e) for e in r.epochs_run),
+        **{k: _csv_num((r.cost or {}).get(k)) for k in COST_KEYS},
         "n_stopped_early": r.n_stopped, "n_failed": len(r.failed), "status": status_label(r),
         "run_ids": " ".join(t.run_id for t in r.trials)}
 

@@ -350,6 +350,8 @@ class SweepRecorder:
             self._checked.add(trial_id)
             self._trials[trial_id] = {"run_id": run_id, "stage": stage_name,
                                       "last_epoch": last, "status": "RUNNING"}
+            if rec.get("once_logged"):           # log_once's metrics are in the run already
+                self._trials[trial_id]["once_logged"] = True
             self._save_state()
             return run_id
 
@@ -393,6 +395,31 @@ class SweepRecorder:
             rec["last_epoch"] = epoch
             self._save_state()
             return True
+
+    def log_once(self, trial_id: str, metrics: Mapping[str, float], step: int = 0) -> bool:
+        """Metrics that do not change over training (a trial's average bits, size, BOPs),
+        logged once at ``step``; later calls for the same trial (a restart, a resumed
+        sweep) log nothing and return False."""
+        with self._lock:
+            run_id = self._run_of_trial(trial_id)
+            rec = self._trials[trial_id]
+            if rec.get("once_logged"):
+                return False
+            ts = _now_ms()
+            batch = [Metric(sanitize_key(k), float(v), ts, step) for k, v in metrics.items()
+                     if v is not None]
+            if batch:
+                self.client.log_batch(run_id, metrics=batch, synchronous=True)
+            rec["once_logged"] = True
+            self._save_state()
+            return True
+
+    def log_stage_metrics(self, stage_name: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Metrics of a stage's parent run (``rejected_over_budget``)."""
+        with self._lock:
+            ts = _now_ms()
+            batch = [Metric(sanitize_key(k), float(v), ts, step) for k, v in metrics.items()]
+            self.client.log_batch(self._stages[stage_name], metrics=batch, synchronous=True)
 
     def last_epoch(self, trial_id: str) -> int | None:
         """The last epoch logged for a trial (None: none yet)."""

@@ -1,6 +1,7 @@
-"""The resolved bits of a model's layers (``bits.json``) and the short label of a
-checkpoint's precision used in lineage tags: ``FP32``, ``W4A4`` or
-``MIXED(w2.50,a3.00)`` (the averages over the layers the policy decides on)."""
+"""The resolved bits of a model's layers and what they cost (``bits.json``: average bits,
+weight size, BOPs, ``quant.cost``), and the short label of a checkpoint's precision used
+in lineage tags: ``FP32``, ``W4A4`` or ``MIXED(w2.50,a3.00)`` (the plain averages over
+the layers the policy decides on)."""
 from __future__ import annotations
 
 from torch import nn
@@ -26,6 +27,32 @@ def layer_bits(model: nn.Module) -> dict:
                          "scheme": "fixed" if policy.first_last_bits != FULL_PRECISION else None,
                          "act_scheme": None, "z": None}
     return out
+
+
+def model_cost(model: nn.Module, image_size=(32, 32)):
+    """(``quant.cost.BitCost``, ``models.shapes.ModelShape``) of a model built by
+    ``models.build_model``, for images of ``image_size``; measured on the float
+    architecture (CPU, cached), so the model itself is not run."""
+    from models.shapes import arch_shape
+    from quant.cost import bit_cost
+    first = model.get_submodule(model.first_layer)
+    last = model.get_submodule(model.last_layer)
+    shape = arch_shape(model.arch, num_classes=last.out_features, in_channels=first.in_channels,
+                       image_size=tuple(image_size))
+    policy = getattr(model, "quant_policy", None) or quant.QuantPolicy()
+    return bit_cost(policy, shape), shape
+
+
+def bits_record(model: nn.Module, image_size=(32, 32)) -> dict:
+    """``bits.json``: ``avg_w_bits``, ``avg_a_bits``, ``weight_size_bytes``, ``bops``, the
+    ``image_size`` they are counted at, and ``layers``: ``layer_bits`` with each layer's
+    ``params``, ``macs`` and ``in_elems`` (input activation elements) per image."""
+    cost, shape = model_cost(model, image_size)
+    layers = layer_bits(model)
+    for name, s in shape.layers.items():
+        if name in layers:
+            layers[name].update(params=s.params, macs=s.macs, in_elems=s.in_elems)
+    return {**cost.as_dict(), "image_size": list(shape.image_size), "layers": layers}
 
 
 def bits_label(model: nn.Module) -> str:

@@ -13,7 +13,7 @@ from ray import tune
 
 from sweep.tune.records import StageRun
 
-__all__ = ["SweepCallback", "register"]
+__all__ = ["SweepCallback", "count_rejection", "register"]
 
 _LIVE: dict[str, StageRun] = {}
 
@@ -69,6 +69,13 @@ def _kept(trial) -> list:
         return [(r.checkpoint, r.metrics) for r in
                 trial.run_metadata.checkpoint_manager._checkpoint_results]
     return [(trial.checkpoint, trial.last_result)]
+
+
+def count_rejection(key: str, cost) -> None:
+    """A configuration over the budget was rejected by the stage's searcher (never trained)."""
+    run = _LIVE.get(key)
+    if run is not None:
+        run.count_rejection(cost)
 
 
 def register(key: str, run: StageRun | None) -> None:

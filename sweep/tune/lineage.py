@@ -176,7 +176,7 @@ def blocked(plan: "StagePlan", state: "SweepState") -> str | None:
     for i, tree in enumerate(plan.arm_trees):
         if any(has_distributions(tree[sec]) for sec in ALWAYS_MATCHED):
             continue                    # checked per trial by the trainable
-        cfg = resolve_trial(concrete_candidates(tree, None)[0])
+        cfg = resolve_trial(concrete_candidates(tree, None)[0], check_budget=False)
         if pick_init(cfg, cfg.train.init, candidates, plan.search.mode) is None:
             arm = f"arm {i}: " if len(plan.arm_trees) > 1 else ""
             return f"{arm}no finished trial of stage {source} has {_same_what(plan.init)}"

@@ -24,7 +24,8 @@ import itertools
 import json
 import math
 
-from sweep.config import Experiment, get_dotted, set_dotted
+from sweep.config import ConfigError, Experiment, get_dotted, set_dotted
+from sweep.config.budget import draw_within_budget, has_budget, quant_cost
 from sweep.config.space import (Choice, Distribution, Grid, LogUniform, QUniform, RandInt, Uniform,
                          find_distributions, to_plain)
 from sweep.tune.lineage import describe_init
@@ -54,6 +55,18 @@ class StagePlan:
                 keys += list(arm)
             keys += [".".join(p) for p, _ in find_distributions(arm_tree)]
         self.searched = list(dict.fromkeys(keys))                    # in order, unique
+        # With a quant.budget, grid and random trials are drawn here, seeded: over-budget
+        # draws are rejected and drawn again (Optuna's are rejected by the searcher).
+        self.budgeted = any(has_budget(t) for t in self.arm_trees)
+        self.draws = None
+        if self.budgeted and self.search.algorithm != "optuna":
+            self.draws = draw_within_budget(self.arm_trees, self.search.num_samples, self.search.seed)
+            if self.draws.infeasible:
+                combo = "  ".join(f"{k}={v}" for k, v in self.draws.infeasible[0].items())
+                raise ConfigError(exp.file, "quant.budget", (
+                    f"stage {stage_name}: no draw of the sampled keys was within the budget in "
+                    f"{len(self.draws.infeasible)} case(s){', e.g. ' + combo if combo else ''}; "
+                    "raise the budget or allow fewer bits"))
 
     # ---- counts and limits ---------------------------------------------------------
     def grid_size(self, arm_tree: dict) -> int:
@@ -80,6 +93,10 @@ class StagePlan:
                    for _, d in find_distributions(t))
 
     # ---- description (--dry-run) ----------------------------------------------------
+    def rejected(self) -> int | None:
+        """Draws over the budget rejected while drawing this stage's trials (grid/random)."""
+        return self.draws.rejected if self.draws is not None else None
+
     def describe(self) -> list[str]:
         s, r = self.search, self.resources
         sched = (f"asha (grace_period {s.scheduler.grace_period} epochs, reduction_factor "
@@ -98,6 +115,11 @@ class StagePlan:
         if len(self.arm_trees) > 1:
             for i, arm in enumerate(self.arms):
                 lines.append(f"  arm {i}: {_short(to_plain(arm))}")
+        if self.draws is not None:
+            lines.append(f"  budget: {self.draws.rejected} draw(s) over the budget rejected and drawn "
+                         f"again (seed {s.seed}); trials:")
+            lines += self._rows(self.draws.trees)
+            return lines
         if self.search.algorithm == "optuna" or self.has_sampled():
             for i, arm_tree in enumerate(self.arm_trees):
                 where = f"arm {i} " if len(self.arm_trees) > 1 else ""
@@ -106,16 +128,46 @@ class StagePlan:
             how = ("Optuna picks each trial" if s.algorithm == "optuna"
                    else f"seeded random samples (seed {s.seed})")
             lines.append(f"  trials: {self.num_trials()} from the space above, {how}")
+            if self.budgeted:
+                lines.append("  budget: Optuna's points over the budget are reported infeasible and "
+                             "drawn again, never trained")
+                lines += [f"  {line}" for line in self._feasible_share()]
             return lines
         if not self.searched:
             lines.append(f"  trials: {self.num_trials()} (nothing searched)")
             return lines
         lines.append("  trials:")
-        rows = [searched_values(t, self.searched) for t in self.expand_grid()]
-        for i, row in enumerate(rows[:_MAX_LISTED]):
-            lines.append(f"    {i:>3}  " + "  ".join(f"{k}={_short(v)}" for k, v in row.items()))
-        if len(rows) > _MAX_LISTED:
-            lines.append(f"    ... {len(rows) - _MAX_LISTED} more")
+        return lines + self._rows(self.expand_grid())
+
+    def _feasible_share(self) -> list[str]:
+        """How many of each arm's quant.* combinations are within the budget, and the
+        range of their averages (when the combinations can be listed)."""
+        out = []
+        for i, arm_tree in enumerate(self.arm_trees):
+            trees = concrete_candidates(arm_tree, "quant", limit=4096)
+            if trees is None or not has_budget(arm_tree):
+                continue
+            costs = [quant_cost(t) for t in trees]
+            ok = [c for c, excess in costs if all(v <= 1e-9 for v in excess.values())]
+            where = f"arm {i}: " if len(self.arm_trees) > 1 else ""
+            line = f"{where}{len(ok)} of {len(costs)} quant combinations within the budget"
+            if ok:
+                line += (f"; their avg_w_bits {min(c.avg_w_bits for c in ok):.3f}-"
+                         f"{max(c.avg_w_bits for c in ok):.3f}, avg_a_bits "
+                         f"{min(c.avg_a_bits for c in ok):.3f}-{max(c.avg_a_bits for c in ok):.3f}")
+            out.append(line)
+        return out
+
+    def _rows(self, trees: list) -> list[str]:
+        """One line per trial: its searched values and, for a quantized trial, its average
+        bits (``quant.cost``)."""
+        lines = []
+        for i, tree in enumerate(trees[:_MAX_LISTED]):
+            row = searched_values(tree, self.searched)
+            lines.append(f"    {i:>3}  " + "  ".join(f"{k}={_short(v)}" for k, v in row.items())
+                         + _averages(tree))
+        if len(trees) > _MAX_LISTED:
+            lines.append(f"    ... {len(trees) - _MAX_LISTED} more")
         return lines
 
     def expand_grid(self) -> list[dict]:
@@ -138,6 +190,13 @@ def plan_stage(exp: Experiment, stage_name: str) -> StagePlan:
 
 def searched_values(tree: dict, keys) -> dict:
     return {k: get_dotted(tree, k, None) for k in keys}
+
+
+def _averages(tree: dict) -> str:
+    cost, _ = quant_cost(tree)
+    if cost.avg_w_bits == 32 and cost.avg_a_bits == 32:
+        return ""
+    return f"  | avg_w_bits {cost.avg_w_bits:.3f}  avg_a_bits {cost.avg_a_bits:.3f}"
 
 
 def _short(value) -> str:
@@ -199,6 +258,8 @@ def _with_domains(tree: dict) -> dict:
 def ray_space(plan: StagePlan) -> dict:
     """``{"tree": ...}`` for BasicVariantGenerator (grid and random search)."""
     from ray import tune
+    if plan.draws is not None:          # drawn within the budget: one grid value per trial
+        return {"tree": tune.grid_search(plan.draws.trees)}
     trees = [_with_domains(t) for t in plan.arm_trees]
     return {"tree": trees[0] if len(trees) == 1 else tune.grid_search(trees)}
 

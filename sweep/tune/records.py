@@ -16,7 +16,7 @@ from sweep.tune.lineage import checkpoint_label, init_source
 from sweep.tune.plan import StagePlan, searched_values
 from sweep.tune.progress import ProgressTable
 from sweep.tune.state import SweepState
-from sweep.tune.trainable import METRIC_KEYS
+from sweep.tune.trainable import COST_KEYS, METRIC_KEYS
 from sweep.track.recorder import SweepRecorder
 from sweep.track.names import ALPHAS_ARTIFACT, BITS_ARTIFACT, CHECKPOINT_FILE
 
@@ -62,6 +62,8 @@ class StageRun:
         self.table = ProgressTable(plan.search.metric, plan.search.mode, plan.searched, out)
         self.alphas: dict[str, dict] = {}
         self.entry = state.stage(plan.name)
+        if plan.budgeted:         # draws rejected while planning (grid/random); Optuna's count on
+            self.entry.setdefault("rejected_over_budget", plan.rejected() or 0)
 
     # ---- helpers -----------------------------------------------------------------
     def values(self, config: dict) -> dict:
@@ -70,6 +72,19 @@ class StageRun:
     def _warn(self, what: str, exc: BaseException) -> None:
         log.exception("%s", what)
         print(f"warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    def _log_cost(self, trial_id: str, result: dict) -> None:
+        cost = {k: result[k] for k in COST_KEYS if isinstance(result.get(k), (int, float))}
+        if cost:
+            self.recorder.log_once(trial_id, cost, step=0)
+
+    def count_rejection(self, cost) -> None:
+        """The searcher rejected a configuration over the budget (it is never trained)."""
+        self.entry["rejected_over_budget"] = self.entry.get("rejected_over_budget", 0) + 1
+        self.state.save()
+        print(f"rejected (over quant.budget, not trained): avg_w_bits {cost.avg_w_bits:.3f}  "
+              f"avg_a_bits {cost.avg_a_bits:.3f}; {self.entry['rejected_over_budget']} so far "
+              f"in stage {self.plan.name}", flush=True)
 
     # ---- events ------------------------------------------------------------------
     def trial_started(self, trial_id: str, config: dict) -> None:
@@ -91,6 +106,7 @@ class StageRun:
         self.alphas[trial_id] = {k[len("alpha/"):]: v for k, v in metrics.items() if k.startswith("alpha/")}
         if self.recorder.run_id(trial_id) is None:
             self.trial_started(trial_id, config)
+        self._log_cost(trial_id, result)
         logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
         self.table.row(trial_id, self.values(config), "RUNNING", result["epoch"],
                        result.get(self.plan.search.metric), "" if logged else "(replayed, not logged again)")
@@ -115,6 +131,7 @@ class StageRun:
                 self.recorder.log_epoch(trial_id, row["epoch"], {
                     k: v for k, v in row.items() if (k in METRIC_KEYS or str(k).startswith("alpha/"))
                     and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))})
+        self._log_cost(trial_id, last)
         failure = last.get("failure") if not error else None
         status = "FAILED" if (error or failure) else "FINISHED"
         epoch = last.get("epoch") or 0

@@ -65,12 +65,19 @@ def _tuner(plan: StagePlan, trainable, meta: dict, paths, key: str):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
         optuna.logging.disable_default_handler()       # its lines go to driver.log
-        search_alg = OptunaSearch(space=optuna_space(plan), metric=s.metric, mode=s.mode,
-                                  sampler=optuna.samplers.TPESampler(seed=s.seed))
+        searcher = OptunaSearch
+        extra = {}
+        if plan.budgeted:                               # over-budget points: infeasible, asked again
+            from sweep.tune.search import BudgetedOptunaSearch
+            searcher, extra = BudgetedOptunaSearch, {"stage_key": key}
+        search_alg = searcher(space=optuna_space(plan), metric=s.metric, mode=s.mode,
+                              sampler=optuna.samplers.TPESampler(seed=s.seed), **extra)
         space, num_samples = {"_sweep": meta}, s.num_samples * len(plan.arm_trees)
     else:
         search_alg = BasicVariantGenerator(random_state=s.seed)
         space, num_samples = {**ray_space(plan), "_sweep": meta}, s.num_samples
+        if plan.draws is not None:          # num_samples repeats are drawn already
+            num_samples = 1
     return tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(
@@ -108,6 +115,9 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
     print(f"\n== stage {plan.name}: {plan.num_trials()} trial(s), {s.algorithm} search, "
           f"{s.scheduler.type} scheduler, {r.cpus_per_trial:g} CPU / {r.gpus_per_trial:g} GPU "
           f"per trial, {s.metric} ({s.mode})", flush=True)
+    if plan.rejected() is not None:
+        print(f"   quant.budget: {plan.rejected()} draw(s) over the budget were rejected and drawn "
+              "again; none of them is trained", flush=True)
     register(key, run)
     try:
         if restore:
@@ -125,6 +135,8 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
     entry["status"] = "finished"
     _register_best(exp, plan, recorder, entry)
     state.save()
+    if plan.budgeted:
+        recorder.log_stage_metrics(plan.name, {"rejected_over_budget": entry.get("rejected_over_budget", 0)})
     recorder.finish_stage(plan.name, "FINISHED" if entry["best"] else "FAILED")
 
 
@@ -212,6 +224,9 @@ def _summary(exp, plans, paths, recorder, state, skipped) -> int:
         metric = plan.search.metric
         print(f"stage {plan.name}: best trial {best['trial_id']}: {metric} {fmt(best['metric'])} "
               f"at epoch {best['best_epoch']} of {best['epochs']}; {counts}")
+        if "rejected_over_budget" in entry:
+            print(f"  budget:     {entry['rejected_over_budget']} configuration(s) over quant.budget "
+                  "rejected, never trained")
         if best["values"]:
             print("  config:     " + "  ".join(f"{k}={fmt(v)}" for k, v in best["values"].items()))
         print(f"  checkpoint: {best['checkpoint']}")

@@ -9,7 +9,9 @@ datasets come as object-store references (``data_refs``, put once by the driver 
 bound with ``tune.with_parameters``), keyed by ``data_key(cfg.data)``.
 
 Each epoch is reported once: ``tune.report(metrics, checkpoint=...)`` with a folder
-holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``.
+holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``;
+every result also carries the trial's ``COST_KEYS`` (average bits, weight size, BOPs of
+``sweep.train.bits.bits_record``), which the driver logs once, at step 0.
 ``is_best`` (1 or 0) is the checkpoint score, so Ray keeps the best epoch's checkpoint
 (and the latest). A restart resumes from ``tune.get_checkpoint()``. A NaN/inf loss is
 not retried: the trial reports ``failure: nan_loss`` and returns.
@@ -26,11 +28,13 @@ from sweep.files import atomic_write_json
 from sweep.track.names import BITS_ARTIFACT, CHECKPOINT_FILE
 from sweep.tune.lineage import data_key, init_source
 
-__all__ = ["train_trial", "METRIC_KEYS"]
+__all__ = ["train_trial", "METRIC_KEYS", "COST_KEYS"]
 
 # What the driver logs to MLflow each epoch (plus every "alpha/..." key).
 METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
                "epoch_time_s")
+# What every result also carries and the driver logs once, at step 0 (quant.cost).
+COST_KEYS = ("avg_w_bits", "avg_a_bits", "weight_size_bytes", "bops")
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
     ``tune.with_parameters``)."""
     import torch
     from ray import tune
-    from sweep.train.bits import layer_bits
+    from sweep.train.bits import bits_record
     from sweep.train.engine import NonFiniteLoss, Trainer
 
     meta = config["_sweep"]
@@ -73,19 +77,20 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
     if problem:
         tune.report({"epoch": 0, metric: float("nan"), "failure": "init_missing", "error": problem})
         return
-    trainer = Trainer(cfg, data=_bundle(cfg, data_refs), metric=metric, mode=mode,
-                      init_path=init_path, log=log.info)
+    data = _bundle(cfg, data_refs)
+    trainer = Trainer(cfg, data=data, metric=metric, mode=mode, init_path=init_path, log=log.info)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         _resume(trainer, checkpoint)
-    bits = layer_bits(trainer.model)
+    bits = bits_record(trainer.model, data.image_size)
+    cost = {k: bits[k] for k in COST_KEYS}
     first_step = time.time()
 
     def on_epoch(metrics: dict, tr) -> None:
         best = tr.best or {}
         result = {k: v for k, v in metrics.items() if k != "is_best"}
         result.update(is_best=int(bool(metrics.get("is_best"))), best_epoch=best.get("epoch", 0),
-                      best_metric=best.get(metric, float("nan")), first_step_unix=first_step)
+                      best_metric=best.get(metric, float("nan")), first_step_unix=first_step, **cost)
         with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
             tr.save(os.path.join(folder, CHECKPOINT_FILE))
             atomic_write_json(os.path.join(folder, BITS_ARTIFACT), bits)

@@ -156,8 +156,11 @@ def test_policy_dict_round_trip_in_both_layer_shapes():
                                ["layer1.0.conv1", {"a_bits": 2}]]
     assert QuantPolicy.from_dict(pairs) == policy
     assert QuantPolicy.from_dict({}) == QuantPolicy() and QuantPolicy.from_dict(None) == QuantPolicy()
-    with pytest.raises(QuantConfigError, match=r"unknown quant key\(s\) budget") as e:
-        QuantPolicy.from_dict({"w_bits": 4, "budget": 2.5})
-    assert e.value.key == "budget"
+    with pytest.raises(QuantConfigError, match=r"unknown quant key\(s\) budgets") as e:
+        QuantPolicy.from_dict({"w_bits": 4, "budgets": {"avg_w_bits": 2.5}})
+    assert e.value.key == "budgets"
+    budgeted = QuantPolicy.from_dict({"w_bits": 4, "budget": {"avg_w_bits": 3, "avg_a_bits": None}})
+    assert budgeted.budget == {"avg_w_bits": 3.0}
+    assert QuantPolicy.from_dict(budgeted.to_dict()) == budgeted
     err = pickle.loads(pickle.dumps(QuantConfigError("bad", "layers.x.w_bits")))
     assert (str(err), err.key) == ("bad", "layers.x.w_bits")

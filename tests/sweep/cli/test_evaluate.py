@@ -66,3 +66,26 @@ def test_project_checkpoint_needs_no_flags(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["total"] == 40 and out["quant"]["scheme"] == "uniform"
     assert len(out["alphas"]) == 40
+
+
+def test_average_bits_size_and_bops_are_printed(tmp_path, capsys):
+    """The mixed allocation of tests/quant/test_cost.py (layer1 W2A2, layer2 W4A4, layer3 W3A3,
+    shortcuts W4A4) on 32x32 images: 848,896/269,824 weight bits, 610,304/208,896
+    activation bits, 113,496 bytes, 498,630,656 BOPs."""
+    policy = QuantPolicy(w_bits=4, a_bits=4, layers={"layer1.*": {"w_bits": 2, "a_bits": 2},
+                                                     "layer3.*": {"w_bits": 3, "a_bits": 3},
+                                                     "*.downsample.0": {"w_bits": 4, "a_bits": 4}})
+    m = models.build_model("resnet20", policy=policy)
+    path = models.save_checkpoint(
+        tmp_path / "best.pt", m, model_cfg={"arch": "resnet20", "num_classes": 10, "in_channels": 3},
+        quant_cfg=policy, data_cfg={"dataset": "synthetic", "mean": [0.5] * 3, "std": [0.25] * 3,
+                                    "synthetic": {"train_size": 32, "test_size": 16, "image_size": 32}})
+    assert evaluate.main([str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["avg_w_bits"] == pytest.approx(848_896 / 269_824)
+    assert out["avg_a_bits"] == pytest.approx(610_304 / 208_896)
+    assert (out["weight_size_bytes"], out["bops"], out["image_size"]) == (113_496, 498_630_656, [32, 32])
+    assert evaluate.main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert ("average bits: weights 3.146, activations 2.922; weight size 113,496 bytes; "
+            "498,630,656 BOPs per 32x32 image") in text

@@ -233,12 +233,15 @@ ERRORS = [
     ({"quant": "{w_bits: 1}"}, r"w_bits=1 \(binary weights\) is for per-layer bit allocation only: "
      r"set it on layers in quant.layers$", "quant.w_bits"),
     ({"quant": "{w_bits: {grid: [1, 2]}}"}, "per-layer bit allocation only", "quant.w_bits"),
-    ({"quant": "{budget: 2.5}"}, r"quant.budget: is not available yet: bit allocation under a budget comes later", "quant.budget"),
-    ({"quant": "{w_bits: 1, budget: 2.5}"}, "bit allocation under a budget comes later", "quant.budget"),
-    ({"quant": "{budget: null}"}, "is not available yet", "quant.budget"),
     ({"quant": "{family: resnet}"}, r"unknown family 'resnet'; expected one of: cifar, imagenet", "quant.family"),
     ({"quant": "{family: {choice: [cifar, mnist]}}"}, "unknown family 'mnist'", "quant.family"),
     ({"quant": "{alpha_grad_scale: -1}"}, "expected a positive number", "quant.alpha_grad_scale"),
+    ({"quant": "{budget: 2.5}"}, r"quant.budget: expected a mapping with avg_w_bits and/or avg_a_bits", "quant.budget"),
+    ({"quant": "{budget: {avg_bits: 2}}"}, r"unknown budget key 'avg_bits'", "quant.budget.avg_bits"),
+    ({"quant": "{budget: {avg_w_bits: 0.5}}"}, r"average number of bits from 1 to 32, got 0.5", "quant.budget.avg_w_bits"),
+    ({"quant": "{budget: {avg_a_bits: two}}"}, r"expected a number, got 'two'", "quant.budget.avg_a_bits"),
+    ({"quant": "{w_bits: 4, a_bits: 4, budget: {avg_w_bits: 3.5}}"},
+     r"this configuration averages 4.000 weight bits and 4.000 activation bits, over the budget", "quant.budget"),
     ({"quant": "{layers: {'layer2.*': {act_scheme: ngrid}}}"}, "act_scheme 'ngrid' does not exist",
      "quant.layers.layer2.*.act_scheme"),
     ({"quant": "{layers: {'layer2.*': {act_scheme: log2}}}"}, "unknown act_scheme 'log2'",
@@ -348,7 +351,7 @@ def test_file_level_errors(tmp_path):
 
 
 @pytest.mark.parametrize("override,match,key", [
-    ("quant.budget=3", "bit allocation under a budget comes later", "quant.budget"),
+    ("quant.budget=3", "expected a mapping with avg_w_bits and/or avg_a_bits", "quant.budget"),
     ("quant.w_bits=1", "per-layer bit allocation only", "quant.w_bits"),
 ])
 def test_refused_knobs_from_the_command_line(tmp_path, override, match, key):
@@ -359,7 +362,8 @@ def test_refused_knobs_from_the_command_line(tmp_path, override, match, key):
 
 def test_refusals_exit_2_like_every_config_error(tmp_path):
     from sweep.cli import train
-    for text in ("quant: {budget: 2.5, w_bits: 1}", "quant: {family: resnet}", "quant: {w_bits: 1}"):
+    for text in ("quant: {budget: 2.5, w_bits: 2}", "quant: {w_bits: 4, budget: {avg_w_bits: 3}}",
+                 "quant: {family: resnet}", "quant: {w_bits: 1}"):
         assert train.main([str(write(tmp_path, minimal() + text + "\n"))]) == 2
 
 
@@ -388,7 +392,7 @@ def test_trial_quant_section_is_the_policy():
     assert cfg.quant == QuantPolicy(w_bits=2, a_bits=2, scheme="ngrid", act_scheme="apot", z=2.0)
     assert cfg.quant.to_dict() == {"w_bits": 2, "a_bits": 2, "scheme": "ngrid", "act_scheme": "apot",
                                    "family": None, "z": 2.0, "first_last_bits": 8, "alpha_grad_scale": None,
-                                   "layers": {}}
+                                   "layers": {}, "budget": None}
 
 
 def test_the_key_table_is_derived_from_the_schema():
