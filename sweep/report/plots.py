@@ -125,7 +125,7 @@ def plot_acc_vs_z(rows: list[Row], stage: str, path: str, published=None) -> str
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _g(x)))
     ax.set_xlabel("Z (N_grid grid parameter, log scale)")
     ax.set_ylabel(acc_label(ngrid))
-    ax.set_title(f"{stage}: accuracy against Z (mean ± std over seeds)")
+    ax.set_title(f"{stage}: accuracy against Z ({seeds_note(rows)})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -143,8 +143,17 @@ def _published_for(published, model, dataset, row: Row) -> list:
     return [p for p in (published or []) if _pub_fits(p, row)]
 
 
-def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
-    """None when no quantized row has an accuracy."""
+def seeds_note(rows: list[Row]) -> str:
+    """What a point is over: ``one seed`` or ``mean ± std over n seeds``."""
+    ns = sorted({len(r.trials) for r in rows})
+    if ns == [1]:
+        return "one seed"
+    return f"mean ± std over {'/'.join(map(str, ns))} seeds"
+
+
+def plot_acc_vs_bits(rows: list[Row], path: str, published=None) -> str | None:
+    """None when no quantized row has an accuracy. Published test-split rows of the
+    models and datasets drawn are marked with their source."""
     quantized = [r for r in rows if not r.full_precision and r.reported is not None
                  and r.bits[0] is not None]
     if not quantized:
@@ -173,7 +182,17 @@ def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
             b = _best_row(fp).reported
             ax.axhline(b.mean, color="k", linestyle=("--", ":", "-.")[j % 3], linewidth=1,
                        label=f"FP32 {model} {dataset}: {b.mean:.2f}")
-    xs = sorted({r.bits[0] for r in quantized})
+    markers = "xv^<>sPD"
+    sources = list(dict.fromkeys(p.source for p in (published or [])))
+    drawn = {(_norm(m), _norm(d)) for m, d in models}
+    pubs = [p for p in (published or []) if p.split == "test" and not p.full_precision
+            and (_norm(p.model), _norm(p.dataset)) in drawn]
+    for source in dict.fromkeys(p.source for p in pubs):
+        pts = sorted((p.w_bits, p.accuracy) for p in pubs if p.source == source)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle="none", color="0.3",
+                marker=markers[sources.index(source) % len(markers)], markersize=7,
+                label=f"published ({source})")
+    xs = sorted({r.bits[0] for r in quantized} | {p.w_bits for p in pubs})
     ax.xaxis.set_major_locator(FixedLocator(xs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _g(round(x, 2))))
     ax.set_xlabel("weight bits (average for mixed precision)")
@@ -181,7 +200,7 @@ def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
     title = "accuracy against weight bits"
     if len(models) == 1:
         title = f"{models[0][0]} {models[0][1]}: " + title
-    ax.set_title(title + "\n(best configuration per point; mean ± std over seeds)", fontsize=10)
+    ax.set_title(title + f"\n(best configuration per point; {seeds_note(quantized)})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -280,7 +299,7 @@ def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
                              published)
         if path:
             made.append((path, [stage]))
-    path = plot_acc_vs_bits(rows, os.path.join(out_dir, "acc_vs_bits.png"))
+    path = plot_acc_vs_bits(rows, os.path.join(out_dir, "acc_vs_bits.png"), published)
     if path:
         drawn = [r.stage for r in rows if not r.full_precision and r.reported is not None]
         made.append((path, list(dict.fromkeys(drawn))))
