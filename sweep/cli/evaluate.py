@@ -2,7 +2,11 @@
 
     python -m sweep.evaluate CHECKPOINT [--dataset NAME --data-root DIR | --data-path FILE]
                              [--arch A --w-bits N --a-bits N --scheme S [--z Z]] [--json]
+                             [--mlflow-uri URI]
 
+CHECKPOINT is a file, ``runs:/<run_id>[/<artifact path>]`` or ``models:/<name>@<alias>``
+/ ``models:/<name>/<version>`` (as ``train.init`` takes them), looked up in
+``--mlflow-uri`` (default: ``./sweeps/mlflow.db``, or ``$MLFLOW_TRACKING_URI``).
 A checkpoint written by this project carries its model, quantization and normalisation;
 a reference (APoT-family) checkpoint needs ``--arch``, ``--w-bits``, ``--a-bits`` and
 ``--scheme`` (and ``--z`` for ngrid). Exit status 0, or 2 with one message on bad input.
@@ -47,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="the store runs:/ and models:/ are looked up in "
+                        "(default: sqlite:///<cwd>/sweeps/mlflow.db)")
     return p
 
 
@@ -74,7 +81,11 @@ def _model(args, ckpt: dict, bundle):
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        ckpt = read_checkpoint(args.checkpoint)
+        path = args.checkpoint
+        if str(path).startswith(("runs:/", "models:/")):
+            from sweep.track.resolve import resolve_in_default_store   # MLflow, only for these
+            path = resolve_in_default_store(path, args.mlflow_uri)
+        ckpt = read_checkpoint(path)
         saved_data = ckpt.get("data", {}) if is_project_checkpoint(ckpt) else {}
         data_cfg = {"dataset": args.dataset or saved_data.get("dataset") or "cifar10",
                     "root": args.data_root or "./data", "path": args.data_path or saved_data.get("path"),
@@ -84,7 +95,7 @@ def main(argv=None) -> int:
                     "crop_pad": 0, "flip": False, "synthetic": saved_data.get("synthetic") or {}}
         bundle = load_data(data_cfg)
         model, policy = _model(args, ckpt, bundle)
-        info = load_weights(model, ckpt["state_dict"], args.checkpoint)
+        info = load_weights(model, ckpt["state_dict"], path)
     except (CheckpointError, DataError, quant.QuantConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -97,7 +108,8 @@ def main(argv=None) -> int:
     result = evaluate_model(model, loader)
     seconds = time.perf_counter() - t0
     alphas = quant.alphas(model)
-    out = {"checkpoint": str(args.checkpoint), "dataset": bundle.name, "split": args.split,
+    out = {"checkpoint": str(args.checkpoint), "file": str(path), "dataset": bundle.name,
+           "split": args.split,
            "accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
            "loss": result["loss"], "alphas": alphas, "arch": model.arch,
            "quant": policy.to_dict(),

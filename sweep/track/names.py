@@ -13,6 +13,16 @@ CHECKPOINT_ARTIFACT = f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
 BITS_ARTIFACT = "bits.json"
 ALPHAS_ARTIFACT = "alphas.json"
 ERROR_ARTIFACT = "error.txt"
+# The best trial of a stage also holds its MLflow PyTorch model (MLmodel, signature,
+# input example, the project checkpoint as model/model.pt): the registered version's source.
+MODEL_DIR = "model"
+
+# The figures to quote, logged with every epoch of a trial (and rolled up on its stage's
+# run): the best epoch by the search metric, val_acc there, and the test accuracy there
+# (val_acc itself when there is no validation split: val is the test set then).
+BEST_EPOCH_METRIC = "best_epoch"
+BEST_VAL_METRIC = "best_val_acc"
+TEST_AT_BEST_METRIC = "test_acc_at_best"
 
 # Tags.
 PARENT_TAG = "mlflow.parentRunId"
@@ -26,6 +36,7 @@ FAILURE_TAG = "sweep.failure"
 ERROR_TAG = "sweep.error"
 BEST_RUN_TAG = "sweep.best_run_id"
 REGISTERED_TAG = "sweep.registered_model"
+BEST_TRIAL_TAG = "sweep.best_trial"             # on a stage run: its best trial's run name
 _END_TAGS = (STOPPED_EARLY_TAG, FAILURE_TAG, ERROR_TAG)   # describe how a run last ended
 
 # Lineage tags of a trial started from another checkpoint (``sweep.tune.lineage``).
