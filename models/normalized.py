@@ -31,4 +31,4 @@ class Normalized(nn.Module):
         return getattr(self.net, "arch", type(self.net).__name__)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.float().mul(self.scale).add(self.shift))
+        return self.net(x.float().contiguous().mul(self.scale).add(self.shift))

@@ -4,27 +4,23 @@ anywhere with ``mlflow.pytorch.load_model("models:/<name>-<arch>@<stage>-best")`
 The folder ``save_pytorch_model`` writes (logged as the run's ``model/`` artifact, the
 source of the registered version) holds:
 
-- ``MLmodel``, ``data/``, ``requirements.txt``...: the model as ``mlflow.pytorch`` saves
-  it — ``models.normalized.Normalized`` around the network, so it takes float images
-  ``N×C×H×W`` with pixel values 0–255 and returns logits ``N×classes`` — with its
-  signature and an input example;
-- ``code/quant``, ``code/models``: the project's quantizer and model code the pickled
-  network needs, put on the path when MLflow loads it;
+- ``MLmodel``, ``data/model.pt2``, ``requirements.txt``...: the model as
+  ``mlflow.pytorch`` saves it in the ``pt2`` format (``torch.export``: a graph that
+  loads without this project's code, any batch size) — ``models.normalized.Normalized``
+  around the network in evaluation mode, so it takes float images ``N×C×H×W`` with pixel
+  values 0–255 and returns logits ``N×classes`` — with its signature and an input
+  example. ``load_model`` returns the exported graph: call it (it has no ``.eval()``);
 - ``model.pt``: the project checkpoint itself, so ``train.init`` and ``sweep.evaluate``
   resolve ``models:/...`` (and ``runs:/<id>/model``) to it.
 """
 from __future__ import annotations
 
 import os
-import pathlib
 import shutil
 
 from sweep.track.names import CHECKPOINT_FILE
 
 __all__ = ["save_pytorch_model"]
-
-_REPO = pathlib.Path(__file__).resolve().parents[2]
-_CODE = ("quant", "models")            # packages the pickled model is made of
 
 
 def _requirements() -> list[str]:
@@ -60,7 +56,7 @@ def save_pytorch_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     out_dir = os.fspath(out_dir)
     mlflow.pytorch.save_model(
         model, out_dir, signature=infer_signature(example, logits), input_example=example,
-        code_paths=[str(_REPO / name) for name in _CODE], pip_requirements=_requirements(),
+        serialization_format="pt2", pip_requirements=_requirements(),
         metadata={"input": "float32 images NxCxHxW, pixel values 0-255 (normalisation is "
                            "inside the model)", "output": "logits N x classes",
                   "arch": net.arch if hasattr(net, "arch") else None})
