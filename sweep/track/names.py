@@ -42,6 +42,7 @@ _END_TAGS = (STOPPED_EARLY_TAG, FAILURE_TAG, ERROR_TAG)   # describe how a run l
 # Lineage tags of a trial started from another checkpoint (``sweep.tune.lineage``).
 INIT_RUN_TAG = "lineage.init_run_id"            # when the source is an MLflow run
 INIT_CHECKPOINT_TAG = "lineage.init_checkpoint"   # the path or URI as given
+INIT_VERSION_TAG = "lineage.init_model_version"   # models:/<name>/<version> an alias resolved to
 INIT_BITS_TAG = "lineage.init_bits"             # sweep.labels: W4A4, FP32, MIXED(w2.50,a3.00)
 INIT_STAGE_TAG = "lineage.init_stage"           # train.init {best_of: stage}
 INIT_TRIAL_TAG = "lineage.init_trial"
@@ -51,6 +52,14 @@ INIT_TRIAL_TAG = "lineage.init_trial"
 GIT_COMMIT_TAG = "sweep.git_commit"
 GIT_DIRTY_TAG = "sweep.git_dirty"
 VERSION_TAG_PREFIX = "sweep.version."           # + torch, ray, mlflow, optuna
+# MLflow's own tags, which its UI shows as the run's source, version and user.
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
+SOURCE_GIT_COMMIT_TAG = "mlflow.source.git.commit"
+USER_TAG = "mlflow.user"
+# A stage run's artifacts: the experiment file as it was run and the command line.
+EXPERIMENT_FILE_DIR = "experiment"
+COMMAND_ARTIFACT = "experiment/command.txt"
 PROVENANCE_LIBRARIES = ("torch", "ray", "mlflow", "optuna")
 
 

@@ -282,7 +282,7 @@ class SweepRecorder:
     def stage_run(self, stage_name: str, params: Mapping[str, Any] | None = None) -> str:
         """The parent run of a stage: created, or on resume re-opened. Returns its id."""
         with self._lock:
-            tags = {ROLE_TAG: "stage", STAGE_TAG: stage_name}
+            tags = {**self.provenance, ROLE_TAG: "stage", STAGE_TAG: stage_name}
             run_id, _ = self._open(self._stages.get(stage_name), STAGE_TAG, stage_name,
                                    stage_name, flatten_params(params or {}), tags)
             self._stages[stage_name] = run_id
@@ -411,6 +411,17 @@ class SweepRecorder:
 
     def set_stage_tags(self, stage_name: str, tags: Mapping[str, Any]) -> None:
         self._log_batch(self._stages[stage_name], tags=tags)
+
+    def log_input(self, trial_id: str, dataset_input) -> None:
+        """A trial's dataset as an MLflow input (``sweep.track.inputs``)."""
+        self.client.log_inputs(self._run_of_trial(trial_id), datasets=[dataset_input])
+
+    def log_stage_file(self, stage_name: str, local: str | os.PathLike,
+                       artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self._stages[stage_name], os.fspath(local), artifact_path)
+
+    def log_stage_text(self, stage_name: str, text: str, name: str) -> None:
+        self.client.log_text(self._stages[stage_name], text, name)
 
     def log_stage_metrics(self, stage_name: str, metrics: Mapping[str, float | None],
                           step: int = 0) -> None:

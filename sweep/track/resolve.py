@@ -15,7 +15,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from sweep.track.names import (CHECKPOINT_ARTIFACT, CHECKPOINT_FILE, INIT_CHECKPOINT_TAG,
-                               INIT_RUN_TAG)
+                               INIT_RUN_TAG, INIT_VERSION_TAG)
 
 __all__ = ["resolve_init", "resolve_in_default_store", "is_mlflow_uri"]
 
@@ -73,7 +73,8 @@ def resolve_init(uri_or_path: str | os.PathLike, client: MlflowClient | str | No
         local = _download_run_file(client, run_id, path or CHECKPOINT_ARTIFACT, cache)
         return local, {INIT_RUN_TAG: run_id, INIT_CHECKPOINT_TAG: text}
     version = _model_version(client, text)
-    lineage = {INIT_CHECKPOINT_TAG: text}
+    lineage = {INIT_CHECKPOINT_TAG: text,
+               INIT_VERSION_TAG: f"models:/{version.name}/{version.version}"}
     if version.run_id:
         lineage[INIT_RUN_TAG] = version.run_id
     source = version.source or ""

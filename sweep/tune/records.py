@@ -19,6 +19,7 @@ from sweep.tune.plan import StagePlan, searched_values
 from sweep.tune.progress import ProgressTable
 from sweep.tune.state import SweepState
 from sweep.tune.trainable import METRIC_KEYS
+from sweep.track.inputs import dataset_input
 from sweep.track.recorder import SweepRecorder
 from sweep.track.names import (ALPHAS_ARTIFACT, BEST_EPOCH_METRIC, BEST_TRIAL_TAG,
                                BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE,
@@ -102,6 +103,11 @@ class StageRun:
         self.recorder.trial_run(trial_id, self.plan.name, applicable(cfg), tags=tags,
                                 run_name=self.run_name(trial_id, config))
         last = self.recorder.last_epoch(trial_id)
+        if not last:
+            try:
+                self.recorder.log_input(trial_id, dataset_input(cfg.data))
+            except Exception as exc:         # noqa: BLE001 - the trial is recorded anyway
+                self._warn(f"trial {trial_id}: logging its dataset input failed", exc)
         self.table.row(trial_id, self.values(config), "RUNNING",
                        note=f"(resumed; epochs 1-{last} logged)" if last else "")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -100,6 +101,14 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
         "stage": plan.name, "search.algorithm": s.algorithm, "search.num_samples": s.num_samples,
         "search.metric": s.metric, "search.mode": s.mode, "search.scheduler": s.scheduler.type,
         "trials": plan.num_trials(), **overrides})
+    try:                                    # what was run: the file and the command line
+        recorder.log_stage_file(plan.name, exp.file, names.EXPERIMENT_FILE_DIR)
+        recorder.log_stage_text(plan.name, shlex.join([os.path.basename(sys.executable),
+                                                       *sys.argv]) + "\n",
+                                names.COMMAND_ARTIFACT)
+    except Exception as exc:                # noqa: BLE001 - the stage runs without them
+        print(f"warning: stage {plan.name}: logging the experiment file failed: {exc}",
+              file=sys.stderr)
     key = f"{paths.state}::{plan.name}"
     stage_dir = paths.stage(plan.name)
     restore = args.resume and _restorable(stage_dir, paths.remote)

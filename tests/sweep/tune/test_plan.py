@@ -194,7 +194,7 @@ def test_train_init_from_an_earlier_stage(tmp_path):
     cfg = resolve_trial(exp.trial_spaces("w4")[0])
     path, tags, problem = lineage.init_source(cfg, {"mode": "max", "init_candidates": cands})
     assert problem is None and path == "/x/b/model.pt"
-    assert tags == {"lineage.init_run_id": "run-b", "lineage.init_checkpoint": "/x/b/model.pt",
+    assert tags == {"lineage.init_run_id": "run-b", "lineage.init_checkpoint": "runs:/run-b/checkpoint/model.pt",
                     "lineage.init_bits": "FP32", "lineage.init_stage": "fp32",
                     "lineage.init_trial": "b"}
     entry["trials"]["b"]["config"] = {**config, "model": {**config["model"], "arch": "resnet32"}}
