@@ -73,6 +73,10 @@ class StageRun:
     def values(self, config: dict) -> dict:
         return searched_values(config["tree"], self.plan.searched)
 
+    def _epochs(self, config: dict) -> int | None:
+        epochs = ((config.get("tree") or {}).get("train") or {}).get("epochs")
+        return epochs if isinstance(epochs, int) else None
+
     def run_name(self, trial_id: str, config: dict) -> str:
         """What varies, readable (``w4a4 lr=0.01``), else the trial id."""
         return run_label(self.values(config)) or trial_id
@@ -121,8 +125,14 @@ class StageRun:
         if self.recorder.run_id(trial_id) is None:
             self.trial_started(trial_id, config)
         logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
+        extra = [f"{result['epoch_time_s']:.1f} s/epoch"] if _finite(result.get("epoch_time_s")) else []
+        if _finite(result.get("test_acc")) is not None and self.plan.search.metric != "test_acc":
+            extra.append(f"test_acc {result['test_acc']:.2f}")
+        note = f"({', '.join(extra)})" if extra else ""
         self.table.row(trial_id, self.values(config), "RUNNING", result["epoch"],
-                       result.get(self.plan.search.metric), "" if logged else "(replayed, not logged again)")
+                       result.get(self.plan.search.metric),
+                       note if logged else "(replayed, not logged again)",
+                       epochs=self._epochs(config))
 
     def trial_retrying(self, trial_id: str, config: dict, failures: int, error: str | None) -> None:
         last = ((error or "").strip().splitlines() or ["it raised"])[-1][:80]
@@ -186,7 +196,8 @@ class StageRun:
             self._warn(f"stage {self.plan.name}: rolling up its best trial failed", exc)
         shown = "STOPPED" if stopped else status
         note = "(ASHA)" if stopped else (f"({summary['failure']}: {summary['error']})" if status == "FAILED" else "")
-        self.table.row(trial_id, summary["values"], shown, epoch, last.get(metric), note)
+        self.table.row(trial_id, summary["values"], shown, epoch, last.get(metric), note,
+                       epochs=cfg.train.epochs)
         return summary
 
     # ---- after the Tuner ---------------------------------------------------------

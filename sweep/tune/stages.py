@@ -129,6 +129,8 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
                                        resume_errored=False, restart_errored=False)
         else:
             tuner = _tuner(plan, trainable, meta, paths, key)
+        run.table.line(f"starting {plan.num_trials()} trial(s) of stage {plan.name} "
+                       "(the first results come once the workers have loaded the data)")
         results = tuner.fit()
         run.reconcile(results)
     finally:

@@ -208,9 +208,12 @@ def test_progress_table_rows(capsys):
     table.row("abc_00000", {"train.lr": 0.05}, "RUNNING", 1, 42.1875)
     table.row("abc_00000", {"train.lr": 0.05}, "RUNNING", 2, 40.0)
     table.row("abc_00000", {"train.lr": 0.05}, "STOPPED", 2, 40.0, "(ASHA)")
+    table.row("abc_00001", {"train.lr": 0.1}, "RUNNING", 1, 30.0, epochs=3)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["trial", "train.lr", "status", "epoch", "val_acc", "best"]
-    assert lines[3].split() == ["abc_00000", "0.05", "RUNNING", "2", "40", "42.19"]
+    assert lines[0].split() == ["elapsed", "trial", "train.lr", "status", "epoch", "val_acc", "best"]
+    assert lines[3].split()[1:] == ["abc_00000", "0.05", "RUNNING", "2", "40", "42.19"]
+    assert lines[1].split()[0] == "0:00"
+    assert lines[5].split()[1:] == ["abc_00001", "0.1", "RUNNING", "1/3", "30", "30"]
     assert lines[4].endswith("(ASHA)")
     assert fmt(float("nan")) == "nan" and fmt(1e-5) == "1e-05" and fmt(None) == "-"
 

@@ -129,7 +129,7 @@ def test_kill_9_then_resume_finishes_every_trial_once(tmp_path):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:                   # an epoch result is in the table
         lines = (tmp_path / "first.txt").read_text().splitlines()
-        if any(len(l.split()) >= 5 and l.split()[2] == "RUNNING" and l.split()[3].isdigit()
+        if any(len(l.split()) >= 6 and l.split()[3] == "RUNNING" and l.split()[4][0].isdigit()
                for l in lines):
             break
         assert proc.poll() is None, (tmp_path / "first.txt").read_text()
