@@ -118,7 +118,9 @@ def main(argv=None) -> int:
         print(json.dumps(out))
         return 0
     print(f"{args.checkpoint}")
-    print(f"  {model.arch}, {bundle.describe() if hasattr(bundle, 'describe') else bundle.name}")
+    print(f"  {model.arch}, {bundle.name}: the {args.split} images ({len(split)}), "
+          f"{bundle.in_channels}×{bundle.image_size[0]}×{bundle.image_size[1]}, "
+          f"{bundle.num_classes} classes")
     print(f"  {args.split} accuracy {result['accuracy']:.2f} % ({result['correct']}/{result['total']}), "
           f"loss {result['loss']:.4f}, {seconds:.1f} s")
     if info["missing_alphas"]:

@@ -22,6 +22,7 @@ import os
 import re
 from typing import Any
 
+import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
@@ -33,7 +34,6 @@ __all__ = ["write_plots", "plot_acc_vs_z", "plot_acc_vs_bits", "plot_alphas",
            "plot_alpha_trajectories", "best_trial"]
 
 ARTIFACT_DIR = "report"
-DPI = 110
 
 
 def _safe(text: Any) -> str:
@@ -73,8 +73,15 @@ def _errorbar(ax, rows: list[Row], xs: list[float], **kw) -> None:
 _STOPPED = "stopped early (ASHA)"
 
 
+FORMATS = ("png", "pdf", "svg")
+PRINT_DPI = 300                 # a PNG for print; PDF and SVG are vector either way
+
+
 def _save(fig: Figure, path: str) -> str:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    """Save in the format the file name ends in (``write_plots(fmt=)``); SVG text stays
+    text (editable, searchable)."""
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        fig.savefig(path, dpi=PRINT_DPI, bbox_inches="tight")
     return path
 
 
@@ -286,8 +293,8 @@ def best_trial(trials: list[Trial]) -> Trial | None:
 # --------------------------------------------------------------------------- all
 
 def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
-                run_id: str | None = None, published=None, log: bool = True
-                ) -> list[tuple[str, list[str]]]:
+                run_id: str | None = None, published=None, log: bool = True,
+                fmt: str = "png") -> list[tuple[str, list[str]]]:
     """Write every plot that applies into ``out_dir``; log each to the parent run of the
     stages it draws from (unless ``log`` is false). Returns ``[(path, [run ids])]``."""
     os.makedirs(out_dir, exist_ok=True)
@@ -295,11 +302,11 @@ def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
     made: list[tuple[str, list[str]]] = []   # (path, stages)
     stages = list(dict.fromkeys(r.stage for r in rows))
     for stage in stages:
-        path = plot_acc_vs_z(rows, stage, os.path.join(out_dir, f"acc_vs_z_{_safe(stage)}.png"),
+        path = plot_acc_vs_z(rows, stage, os.path.join(out_dir, f"acc_vs_z_{_safe(stage)}.{fmt}"),
                              published)
         if path:
             made.append((path, [stage]))
-    path = plot_acc_vs_bits(rows, os.path.join(out_dir, "acc_vs_bits.png"), published)
+    path = plot_acc_vs_bits(rows, os.path.join(out_dir, f"acc_vs_bits.{fmt}"), published)
     if path:
         drawn = [r.stage for r in rows if not r.full_precision and r.reported is not None]
         made.append((path, list(dict.fromkeys(drawn))))
@@ -318,11 +325,11 @@ def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
         stem = f"{_safe(trial.stage)}_{trial.run_id[:8]}"
         alphas, source = read_alphas(client, run)
         path = plot_alphas(alphas, _run_title(trial),
-                           os.path.join(out_dir, f"alphas_{stem}.png"), source)
+                           os.path.join(out_dir, f"alphas_{stem}.{fmt}"), source)
         if path:
             made.append((path, [trial.stage]))
         path = plot_alpha_trajectories(alpha_history(client, run), _run_title(trial),
-                                       os.path.join(out_dir, f"alpha_trajectories_{stem}.png"))
+                                       os.path.join(out_dir, f"alpha_trajectories_{stem}.{fmt}"))
         if path:
             made.append((path, [trial.stage]))
 

@@ -66,7 +66,8 @@ def _report(root, *args) -> subprocess.CompletedProcess:
 
 def test_compare_to_gives_one_line_per_covered_published_row(done):
     root, client, _ = done
-    proc = _report(root, "--compare-to", PUBLISHED, "--plots", root / "plots", "--no-log")
+    proc = _report(root, "--compare-to", PUBLISHED, "--plots", root / "plots", "--format", "svg",
+                   "--no-log")
     assert proc.returncode == 0, proc.stderr
     section = proc.stdout[proc.stdout.index("### Compared with published results"):]
     lines = [l for l in section.splitlines() if l.startswith("| ") and "| stage |" not in l]
@@ -84,7 +85,8 @@ def test_compare_to_gives_one_line_per_covered_published_row(done):
                    if r.data.tags["sweep.stage"] == stage)
         ours = {l.split(" | ")[12] for l in lines if l.startswith(f"| {stage} |")}
         assert ours == {f"{best:.2f} (n=1)"}, (stage, ours, best)
-    assert (root / "plots" / "acc_vs_bits.png").is_file()
+    svg = (root / "plots" / "acc_vs_bits.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "published (APoT README)" in svg
 
 
 def test_registered_model_loads_in_mlflow_and_scores_as_sweep_evaluate(done):
