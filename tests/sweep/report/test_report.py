@@ -350,3 +350,15 @@ def test_unknown_experiment_cli(store):
     assert proc.returncode == 2, proc.stderr
     assert "no experiment named 'nope'" in proc.stderr and "demo" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_compare_to_says_which_fields_differ_when_nothing_matches(store, capsys, tmp_path):
+    uri, _, _ = store
+    path = tmp_path / "other.yaml"
+    path.write_text("- {model: resnet20, dataset: cifar100, w_bits: 3, a_bits: 3, scheme: apot, "
+                    "accuracy: 60.0, split: test, source: Other}\n")
+    code, out, _ = report(capsys, uri, "--compare-to", str(path))
+    assert code == 0
+    line = out[out.index("No published row matches"):].splitlines()[0]
+    assert "dataset: published cifar100, ours cifar10 (set data.name" in line
+    assert "bits: published W3A3, ours " in line and "model:" not in line
