@@ -3,7 +3,11 @@ the dataset's image size) and every layer's clipping thresholds.
 
     python -m sweep.evaluate CHECKPOINT [--dataset NAME --data-root DIR | --data-path FILE]
                              [--arch A --w-bits N --a-bits N --scheme S [--z Z]] [--json]
+                             [--mlflow-uri URI]
 
+CHECKPOINT is a file, ``runs:/<run_id>[/<artifact path>]`` or ``models:/<name>@<alias>``
+/ ``models:/<name>/<version>`` (as ``train.init`` takes them), looked up in
+``--mlflow-uri`` (default: ``./sweeps/mlflow.db``, or ``$MLFLOW_TRACKING_URI``).
 A checkpoint written by this project carries its model, quantization and normalisation;
 a reference checkpoint (APoT CIFAR, ImageNet or MNIST; N_grid) needs ``--arch``,
 ``--w-bits``, ``--a-bits`` and ``--scheme`` (and ``--z`` for ngrid): its quantizer family
@@ -50,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="the store runs:/ and models:/ are looked up in "
+                        "(default: sqlite:///<cwd>/sweeps/mlflow.db)")
     return p
 
 
@@ -78,7 +85,11 @@ def _model(args, ckpt: dict, bundle):
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        ckpt = read_checkpoint(args.checkpoint)
+        path = args.checkpoint
+        if str(path).startswith(("runs:/", "models:/")):
+            from sweep.track.resolve import resolve_in_default_store   # MLflow, only for these
+            path = resolve_in_default_store(path, args.mlflow_uri)
+        ckpt = read_checkpoint(path)
         saved_data = ckpt.get("data", {}) if is_project_checkpoint(ckpt) else {}
         data_cfg = {"dataset": args.dataset or saved_data.get("dataset") or "cifar10",
                     "root": args.data_root or "./data", "path": args.data_path or saved_data.get("path"),
@@ -88,7 +99,7 @@ def main(argv=None) -> int:
                     "crop_pad": 0, "flip": False, "synthetic": saved_data.get("synthetic") or {}}
         bundle = load_data(data_cfg)
         model, policy = _model(args, ckpt, bundle)
-        info = load_weights(model, ckpt["state_dict"], args.checkpoint)
+        info = load_weights(model, ckpt["state_dict"], path)
     except (CheckpointError, DataError, quant.QuantConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +113,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     alphas = quant.alphas(model)
     cost, _ = model_cost(model, bundle.image_size)
-    out = {"checkpoint": str(args.checkpoint), "dataset": bundle.name, "split": args.split,
+    out = {"checkpoint": str(args.checkpoint), "file": str(path), "dataset": bundle.name,
+           "split": args.split,
            "accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
            "loss": result["loss"], "alphas": alphas, "arch": model.arch,
            "quant": policy.to_dict(), **cost.as_dict(), "image_size": list(bundle.image_size),
@@ -111,7 +123,9 @@ def main(argv=None) -> int:
         print(json.dumps(out))
         return 0
     print(f"{args.checkpoint}")
-    print(f"  {model.arch}, {bundle.describe() if hasattr(bundle, 'describe') else bundle.name}")
+    print(f"  {model.arch}, {bundle.name}: the {args.split} images ({len(split)}), "
+          f"{bundle.in_channels}×{bundle.image_size[0]}×{bundle.image_size[1]}, "
+          f"{bundle.num_classes} classes")
     print(f"  {args.split} accuracy {result['accuracy']:.2f} % ({result['correct']}/{result['total']}), "
           f"loss {result['loss']:.4f}, {seconds:.1f} s")
     print(f"  average bits: weights {cost.avg_w_bits:.3f}, activations {cost.avg_a_bits:.3f}; "

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    "the stages' parent runs under report/")
     p.add_argument("--run", metavar="RUN_ID", help="the run whose per-layer alphas are "
                    "plotted (default: the best trial of each stage)")
+    p.add_argument("--format", default="png", choices=["png", "pdf", "svg"],
+                   help="with --plots: the file format (PNG at 300 dpi; PDF and SVG vector)")
     p.add_argument("--no-log", action="store_true",
                    help="with --plots: do not log the PNGs to MLflow")
     return p
@@ -125,7 +127,8 @@ def _run(args) -> int:
     if args.plots:
         from sweep.report import plots
         written = plots.write_plots(results, rows, args.plots, run_id=args.run,
-                                    published=published, log=not args.no_log)
+                                    published=published, log=not args.no_log,
+                                    fmt=args.format)
         for path, logged in written:
             where = f" (logged to run {', '.join(logged)} under report/)" if logged else ""
             print(f"sweep.report: wrote {path}{where}", file=sys.stderr)

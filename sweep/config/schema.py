@@ -13,6 +13,10 @@ from quant.policy import QuantPolicy
 from sweep.config import checks as c
 from sweep.config.checks import choice, flag, integer, key, real
 
+def _data_name(v, cwd):
+    return c.check_name(v, "data.name")
+
+
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "npz", "imagefolder", "synthetic")  # data.dataset
 METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")
 
@@ -46,6 +50,9 @@ class SyntheticConfig(_Section):
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_Section):
     dataset: str = choice("cifar10", DATASET_NAMES, what="dataset")
+    # what the images are, for reports and published comparisons (e.g. cifar10 for an
+    # npz file holding CIFAR-10 images); None: the dataset's own name
+    name: str | None = key(None, _data_name, null=True)
     root: str = key("./data", c.local_path)                 # torchvision datasets live/download here
     path: str | None = key(None, c.local_path, null=True)   # the .npz file / the image folder
     val_fraction: float = real(0.0, 0, 1, hi_open=True)   # of train, held out for selection

@@ -16,9 +16,10 @@ import math
 import yaml
 
 from sweep import labels
+from sweep.metrics import best_of
 from sweep.report.results import ReportError, Row, Stat, norm_name as _norm
 
-__all__ = ["Comparison", "Published", "compare", "load_published"]
+__all__ = ["Comparison", "Published", "compare", "differences", "load_published"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,26 +148,59 @@ class Comparison:
 
 def compare(rows: list[Row], published: list[Published],
             baseline_rows: list[Row] | None = None) -> tuple[list[Comparison], list[Published]]:
-    """(one Comparison per matching (row, published row) pair, published rows that match
-    no row). A published row's baseline is the 32-bit row of its model, dataset, source
-    and split; ours is the best full-precision row (by reported accuracy) of the same
-    model and dataset among ``baseline_rows`` (default ``rows``), from any stage."""
+    """(one Comparison per published row that some row matches, published rows that match
+    no row). A published row is paired with the *best* matching row (by reported test
+    accuracy; the first in table order on ties), so each published figure appears once
+    however many configurations of its model, bits, scheme and Z were tried. A published
+    row's baseline is the 32-bit row of its model, dataset, source and split; ours is the
+    best full-precision row (by reported accuracy) of the same model and dataset among
+    ``baseline_rows`` (default ``rows``), from any stage."""
     pool = baseline_rows if baseline_rows is not None else rows
 
     def our_baseline(row: Row) -> Row | None:
         fp = [r for r in pool if r.full_precision and r.reported is not None
               and _norm(r.model) == _norm(row.model) and _norm(r.dataset) == _norm(row.dataset)]
-        return max(fp, key=lambda r: r.reported.mean, default=None)
+        return best_of(fp, lambda r: r.reported.mean, "max")
 
     def pub_baseline(pub: Published) -> Published | None:
         return next((p for p in published if p.full_precision and p.source == pub.source
                      and p.split == pub.split and _norm(p.model) == _norm(pub.model)
                      and _norm(p.dataset) == _norm(pub.dataset)), None)
 
-    out, used = [], set()
-    for row in rows:
-        for i, pub in enumerate(published):
-            if _matches(row, pub):
-                used.add(i)
-                out.append(Comparison(row, pub, pub_baseline(pub), our_baseline(row)))
-    return out, [p for i, p in enumerate(published) if i not in used]
+    out, unmatched = [], []
+    for pub in published:
+        matching = [r for r in rows if _matches(r, pub)]
+        if not matching:
+            unmatched.append(pub)
+            continue
+        row = best_of(matching, lambda r: r.reported.mean if r.reported else None, "max",
+                      default=matching[0])
+        out.append(Comparison(row, pub, pub_baseline(pub), our_baseline(row)))
+    order = {id(r): i for i, r in enumerate(rows)}
+    out.sort(key=lambda c: order[id(c.row)])
+    return out, unmatched
+
+
+def differences(rows: list[Row], published: list[Published]) -> list[str]:
+    """Why published rows match none of ours: each field (model, dataset, bits, scheme,
+    Z) on which the two sides share no value, with both sides' values."""
+    def values(items, get):
+        return {get(x) for x in items if get(x) not in (None, "")}
+
+    fields = [
+        ("model", lambda r: r.model, lambda p: p.model, _norm),
+        ("dataset", lambda r: r.dataset, lambda p: p.dataset, _norm),
+        ("bits", lambda r: r.bits_label, lambda p: p.bits_label, str),
+        ("scheme", lambda r: None if r.full_precision else r.scheme,
+         lambda p: None if p.full_precision else p.scheme, lambda x: str(x).lower()),
+        ("Z", lambda r: r.z, lambda p: p.z, lambda x: float(x)),
+    ]
+    out = []
+    for name, ours_of, theirs_of, norm in fields:
+        ours, theirs = values(rows, ours_of), values(published, theirs_of)
+        if ours and theirs and not ({norm(x) for x in ours} & {norm(x) for x in theirs}):
+            fmt = lambda xs: ", ".join(sorted(map(str, xs)))
+            hint = (" (set data.name to say what a dataset file holds, e.g. "
+                    "data.name: cifar10)" if name == "dataset" else "")
+            out.append(f"{name}: published {fmt(theirs)}, ours {fmt(ours)}{hint}")
+    return out

@@ -26,6 +26,7 @@ import os
 import re
 from typing import Any
 
+import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
@@ -37,7 +38,6 @@ __all__ = ["write_plots", "plot_acc_vs_z", "plot_acc_vs_bits", "plot_pareto", "p
            "plot_alpha_trajectories", "best_trial"]
 
 ARTIFACT_DIR = "report"
-DPI = 110
 
 
 def _safe(text: Any) -> str:
@@ -77,8 +77,15 @@ def _errorbar(ax, rows: list[Row], xs: list[float], **kw) -> None:
 _STOPPED = "stopped early (ASHA)"
 
 
+FORMATS = ("png", "pdf", "svg")
+PRINT_DPI = 300                 # a PNG for print; PDF and SVG are vector either way
+
+
 def _save(fig: Figure, path: str) -> str:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    """Save in the format the file name ends in (``write_plots(fmt=)``); SVG text stays
+    text (editable, searchable)."""
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        fig.savefig(path, dpi=PRINT_DPI, bbox_inches="tight")
     return path
 
 
@@ -129,7 +136,7 @@ def plot_acc_vs_z(rows: list[Row], stage: str, path: str, published=None) -> str
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _g(x)))
     ax.set_xlabel("Z (N_grid grid parameter, log scale)")
     ax.set_ylabel(acc_label(ngrid))
-    ax.set_title(f"{stage}: accuracy against Z (mean ± std over seeds)")
+    ax.set_title(f"{stage}: accuracy against Z ({seeds_note(rows)})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -147,8 +154,17 @@ def _published_for(published, model, dataset, row: Row) -> list:
     return [p for p in (published or []) if _pub_fits(p, row)]
 
 
-def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
-    """None when no quantized row has an accuracy."""
+def seeds_note(rows: list[Row]) -> str:
+    """What a point is over: ``one seed`` or ``mean ± std over n seeds``."""
+    ns = sorted({len(r.trials) for r in rows})
+    if ns == [1]:
+        return "one seed"
+    return f"mean ± std over {'/'.join(map(str, ns))} seeds"
+
+
+def plot_acc_vs_bits(rows: list[Row], path: str, published=None) -> str | None:
+    """None when no quantized row has an accuracy. Published test-split rows of the
+    models and datasets drawn are marked with their source."""
     quantized = [r for r in rows if not r.full_precision and r.reported is not None
                  and r.bits[0] is not None]
     if not quantized:
@@ -177,7 +193,17 @@ def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
             b = _best_row(fp).reported
             ax.axhline(b.mean, color="k", linestyle=("--", ":", "-.")[j % 3], linewidth=1,
                        label=f"FP32 {model} {dataset}: {b.mean:.2f}")
-    xs = sorted({r.bits[0] for r in quantized})
+    markers = "xv^<>sPD"
+    sources = list(dict.fromkeys(p.source for p in (published or [])))
+    drawn = {(_norm(m), _norm(d)) for m, d in models}
+    pubs = [p for p in (published or []) if p.split == "test" and not p.full_precision
+            and (_norm(p.model), _norm(p.dataset)) in drawn]
+    for source in dict.fromkeys(p.source for p in pubs):
+        pts = sorted((p.w_bits, p.accuracy) for p in pubs if p.source == source)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle="none", color="0.3",
+                marker=markers[sources.index(source) % len(markers)], markersize=7,
+                label=f"published ({source})")
+    xs = sorted({r.bits[0] for r in quantized} | {p.w_bits for p in pubs})
     ax.xaxis.set_major_locator(FixedLocator(xs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _g(round(x, 2))))
     ax.set_xlabel("weight bits (average for mixed precision)")
@@ -185,7 +211,7 @@ def plot_acc_vs_bits(rows: list[Row], path: str) -> str | None:
     title = "accuracy against weight bits"
     if len(models) == 1:
         title = f"{models[0][0]} {models[0][1]}: " + title
-    ax.set_title(title + "\n(best configuration per point; mean ± std over seeds)", fontsize=10)
+    ax.set_title(title + f"\n(best configuration per point; {seeds_note(quantized)})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -316,8 +342,8 @@ def best_trial(trials: list[Trial]) -> Trial | None:
 # --------------------------------------------------------------------------- all
 
 def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
-                run_id: str | None = None, published=None, log: bool = True
-                ) -> list[tuple[str, list[str]]]:
+                run_id: str | None = None, published=None, log: bool = True,
+                fmt: str = "png") -> list[tuple[str, list[str]]]:
     """Write every plot that applies into ``out_dir``; log each to the parent run of the
     stages it draws from (unless ``log`` is false). Returns ``[(path, [run ids])]``."""
     os.makedirs(out_dir, exist_ok=True)
@@ -325,11 +351,11 @@ def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
     made: list[tuple[str, list[str]]] = []   # (path, stages)
     stages = list(dict.fromkeys(r.stage for r in rows))
     for stage in stages:
-        path = plot_acc_vs_z(rows, stage, os.path.join(out_dir, f"acc_vs_z_{_safe(stage)}.png"),
+        path = plot_acc_vs_z(rows, stage, os.path.join(out_dir, f"acc_vs_z_{_safe(stage)}.{fmt}"),
                              published)
         if path:
             made.append((path, [stage]))
-    path = plot_acc_vs_bits(rows, os.path.join(out_dir, "acc_vs_bits.png"))
+    path = plot_acc_vs_bits(rows, os.path.join(out_dir, f"acc_vs_bits.{fmt}"), published)
     if path:
         drawn = [r.stage for r in rows if not r.full_precision and r.reported is not None]
         made.append((path, list(dict.fromkeys(drawn))))
@@ -352,11 +378,11 @@ def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
         stem = f"{_safe(trial.stage)}_{trial.run_id[:8]}"
         alphas, source = read_alphas(client, run)
         path = plot_alphas(alphas, _run_title(trial),
-                           os.path.join(out_dir, f"alphas_{stem}.png"), source)
+                           os.path.join(out_dir, f"alphas_{stem}.{fmt}"), source)
         if path:
             made.append((path, [trial.stage]))
         path = plot_alpha_trajectories(alpha_history(client, run), _run_title(trial),
-                                       os.path.join(out_dir, f"alpha_trajectories_{stem}.png"))
+                                       os.path.join(out_dir, f"alpha_trajectories_{stem}.{fmt}"))
         if path:
             made.append((path, [trial.stage]))
 

@@ -122,6 +122,11 @@ class Trial:
         return self.params.get("train.seed")
 
     @property
+    def dataset(self) -> Any:
+        """What the images are: ``data.name`` when the config says, else ``data.dataset``."""
+        return self.params.get("data.name") or self.params.get("data.dataset")
+
+    @property
     def split(self) -> str:
         """Which data ``val_acc`` measures: ``val`` (held out from train) or ``test``."""
         frac = self.params.get("data.val_fraction") or 0
@@ -188,7 +193,7 @@ class Row:
 
     stage = property(lambda self: self.first.stage)
     model = property(lambda self: self.first.get("model.arch"))
-    dataset = property(lambda self: self.first.get("data.dataset"))
+    dataset = property(lambda self: self.first.dataset)
     scheme = property(lambda self: self.first.get("quant.scheme"))
     z = property(lambda self: self.first.get("quant.z"))
     lr = property(lambda self: self.first.get("train.lr"))

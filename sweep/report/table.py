@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import Any, Iterable
 
-from sweep.report.compare import Comparison, Published
+from sweep.report.compare import differences, Comparison, Published
 from sweep.report.results import (ACC_KEY, COST_KEYS, ExperimentResults, Row, Stat, Trial,
                                   norm_name as _norm)
 
@@ -103,7 +103,7 @@ def _md_table(headers: list[str], lines: list[list[str]]) -> str:
 
 # ---------------------------------------------------------------------- the table
 
-_SHOWN = {"model.arch", "data.dataset", "quant.w_bits", "quant.a_bits", "quant.scheme",
+_SHOWN = {"model.arch", "data.dataset", "data.name", "quant.w_bits", "quant.a_bits", "quant.scheme",
           "quant.act_scheme", "quant.z", "train.lr", "train.weight_decay"}
 
 
@@ -259,7 +259,9 @@ def compare_section(comps: list[Comparison], unmatched: list[Published], rows: l
                     path: str) -> str:
     title = f"### Compared with published results ({os.path.basename(path)})"
     if not comps:
-        return f"{title}\n\nNo published row matches a configuration of this table."
+        why = "; ".join(differences(rows, unmatched))
+        return (f"{title}\n\nNo published row matches a configuration of this table"
+                + (f": {why}." if why else "."))
     headers = ["stage", "model", "dataset", "bits", "scheme", "Z", "source",
                "published split", "published baseline %", "published accuracy %",
                "published drop", "our baseline % (FP32, test)", "our test acc %",
@@ -276,7 +278,10 @@ def compare_section(comps: list[Comparison], unmatched: list[Published], rows: l
             _pct(c.our_baseline_acc), _stat(c.ours) + f" (n={len(c.row.trials)}"
             + (", stopped early)" if c.row.n_stopped else ")"),
             _pct(c.our_drop), _signed(c.difference) if not m else f"not compared {MISMATCH}"])
-    notes = ["*our test acc*: test-set accuracy at the epoch the stage's search metric chose "
+    notes = ["One line per published row, paired with our best configuration (by test "
+             "accuracy) of that model, dataset, bits, scheme and Z; the others are in the "
+             "table above. "
+             "*our test acc*: test-set accuracy at the epoch the stage's search metric chose "
              "(the best test epoch when there is no validation split, as the published CIFAR "
              "tables; else the epoch validation chose), mean ± std over n seeds. "
              "*our baseline*: the best full-precision configuration of the same model and "

@@ -14,7 +14,9 @@ import functools
 import subprocess
 from pathlib import Path
 
-from sweep.track.names import GIT_COMMIT_TAG, GIT_DIRTY_TAG, PROVENANCE_LIBRARIES, version_tag
+from sweep.track.names import (GIT_COMMIT_TAG, GIT_DIRTY_TAG, PROVENANCE_LIBRARIES,
+                               SOURCE_GIT_COMMIT_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG, USER_TAG,
+                               version_tag)
 
 __all__ = ["provenance_tags", "git_dirty"]
 
@@ -43,10 +45,22 @@ def _cached() -> tuple[tuple[str, str], ...]:
     versions = prov.get("versions") or {}
     for lib in PROVENANCE_LIBRARIES:
         tags[version_tag(lib)] = versions.get(lib) or UNKNOWN
+    # what MLflow's UI shows as Source, Version and User
+    tags[SOURCE_NAME_TAG] = "run_sweep.py"
+    tags[SOURCE_TYPE_TAG] = "LOCAL"
+    if prov.get("git_commit"):
+        tags[SOURCE_GIT_COMMIT_TAG] = prov["git_commit"]
+    try:
+        import getpass
+        tags[USER_TAG] = getpass.getuser()
+    except (KeyError, OSError):           # no user name in this environment
+        pass
     return tuple(tags.items())
 
 
 def provenance_tags() -> dict[str, str]:
     """``{sweep.git_commit, sweep.git_dirty, sweep.version.<lib>: value}``, ``unknown``
-    where a value cannot be found (no git checkout, a library not installed)."""
+    where a value cannot be found (no git checkout, a library not installed), and
+    MLflow's ``mlflow.source.name``, ``mlflow.source.type``, ``mlflow.source.git.commit``
+    and ``mlflow.user``."""
     return dict(_cached())

@@ -48,7 +48,7 @@ from mlflow.exceptions import MlflowException
 from sweep.config.dotted import sanitize_key
 from sweep.files import atomic_write_json
 from sweep.track.names import (_END_TAGS, BEST_RUN_TAG, CHECKPOINT_ARTIFACT,
-                               CHECKPOINT_DIR, CHECKPOINT_FILE, ERROR_ARTIFACT, ERROR_TAG,
+                               CHECKPOINT_DIR, CHECKPOINT_FILE, ERROR_ARTIFACT, MODEL_DIR, ERROR_TAG,
                                EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, FAILURE_TAG, PARENT_TAG,
                                REGISTERED_TAG, ROLE_TAG, STAGE_TAG, STOPPED_EARLY_TAG, TERMINAL_STATUSES,
                                TRIAL_TAG, stage_alias)
@@ -321,7 +321,7 @@ class SweepRecorder:
     def stage_run(self, stage_name: str, params: Mapping[str, Any] | None = None) -> str:
         """The parent run of a stage: created, or on resume re-opened. Returns its id."""
         with self._lock:
-            tags = {ROLE_TAG: "stage", STAGE_TAG: stage_name}
+            tags = {**self.provenance, ROLE_TAG: "stage", STAGE_TAG: stage_name}
             run_id, _ = self._open(self._stages.get(stage_name), STAGE_TAG, stage_name,
                                    stage_name, flatten_params(params or {}), tags)
             self._stages[stage_name] = run_id
@@ -329,9 +329,11 @@ class SweepRecorder:
             return run_id
 
     def trial_run(self, trial_id: str, stage_name: str, flat_params: Mapping[str, Any],
-                  tags: Mapping[str, Any] | None = None) -> str:
+                  tags: Mapping[str, Any] | None = None, run_name: str | None = None) -> str:
         """The child run of a trial under its stage's run: created, or re-opened when the
-        trial restarts (a retry, or a resumed sweep). Returns the run id."""
+        trial restarts (a retry, or a resumed sweep). ``run_name``: what the UI shows
+        (default: the trial id, which the tag ``sweep.trial_id`` holds anyway). Returns
+        the run id."""
         with self._lock:
             parent = self._stages.get(stage_name) or self.stage_run(stage_name)
             all_tags = {**self.provenance,
@@ -339,8 +341,8 @@ class SweepRecorder:
                         PARENT_TAG: parent,
                         ROLE_TAG: "trial", STAGE_TAG: stage_name, TRIAL_TAG: trial_id}
             rec = self._trials.get(trial_id, {})
-            run_id, run = self._open(rec.get("run_id"), TRIAL_TAG, trial_id, trial_id,
-                                     flatten_params(flat_params), all_tags)
+            run_id, run = self._open(rec.get("run_id"), TRIAL_TAG, trial_id,
+                                     run_name or trial_id, flatten_params(flat_params), all_tags)
             last = rec.get("last_epoch") if run is not None else None
             if run is not None and trial_id not in self._checked:
                 # the driver may have died between log_batch and saving the state file
@@ -483,6 +485,32 @@ class SweepRecorder:
     def set_stage_tags(self, stage_name: str, tags: Mapping[str, Any]) -> None:
         self._log_batch(self._stages[stage_name], tags=tags)
 
+    def log_input(self, trial_id: str, dataset_input) -> None:
+        """A trial's dataset as an MLflow input (``sweep.track.inputs``)."""
+        self.client.log_inputs(self._run_of_trial(trial_id), datasets=[dataset_input])
+
+    def log_stage_file(self, stage_name: str, local: str | os.PathLike,
+                       artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self._stages[stage_name], os.fspath(local), artifact_path)
+
+    def log_stage_text(self, stage_name: str, text: str, name: str) -> None:
+        self.client.log_text(self._stages[stage_name], text, name)
+
+    def log_stage_metrics(self, stage_name: str, metrics: Mapping[str, float | None],
+                          step: int = 0) -> None:
+        """Metrics of a stage's run (its best trial's figures), ``None`` values left out."""
+        ts = _now_ms()
+        batch = [Metric(sanitize_key(k), float(v), ts, step) for k, v in metrics.items()
+                 if v is not None]
+        if batch:
+            self.client.log_batch(self._stages[stage_name], metrics=batch, synchronous=True)
+
+    def log_model_folder(self, run_id: str, folder: str | os.PathLike,
+                         artifact_path: str = MODEL_DIR) -> None:
+        """A saved MLflow model folder (``sweep.track.pytorch_model``) as an artifact of a
+        run, under ``artifact_path``."""
+        self.client.log_artifacts(run_id, os.fspath(folder), artifact_path)
+
     def finish_trial(self, trial_id: str, status: str = "FINISHED", error: str | None = None,
                      stopped_early: bool = False, failure: str | None = None) -> None:
         """End a trial's run: ``stopped_early`` (ASHA, status FINISHED) tags
@@ -540,11 +568,13 @@ class SweepRecorder:
             exc_type, KeyboardInterrupt) else "KILLED")
 
     def register_best(self, stage_name: str, run_id: str, registered_name: str,
-                      alias: str | None = None,
-                      artifact_path: str = CHECKPOINT_DIR) -> ModelVersion:
+                      alias: str | None = None, artifact_path: str = CHECKPOINT_DIR,
+                      tags: Mapping[str, Any] | None = None,
+                      description: str | None = None) -> ModelVersion:
         """Register ``runs:/<run_id>/<artifact_path>`` as a new version of
         ``registered_name`` and point ``alias`` (default ``<stage>-best``) at it; the
         stage's run gets tags ``sweep.best_run_id`` and ``sweep.registered_model``.
+        ``tags`` and ``description`` go on the new version (figures, bits, lineage).
         If the alias already names that source, that version is returned as it is."""
         alias = alias or stage_alias(stage_name)
         client = self.client
@@ -566,8 +596,11 @@ class SweepRecorder:
             current = client.get_model_version(registered_name, aliases[alias])
             if current.run_id == run_id and current.source == source:
                 return current
+        version_tags = {STAGE_TAG: stage_name,
+                        **{sanitize_key(k): _truncate(str(v), _MAX_TAG_VALUE)
+                           for k, v in (tags or {}).items() if v is not None}}
         version = client.create_model_version(registered_name, source=source, run_id=run_id,
-                                              tags={STAGE_TAG: stage_name})
+                                              tags=version_tags, description=description)
         client.set_registered_model_alias(registered_name, alias, version.version)
         if stage_name in self._stages:
             self.set_stage_tags(stage_name, {BEST_RUN_TAG: run_id,

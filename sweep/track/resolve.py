@@ -15,7 +15,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from sweep.track.names import (CHECKPOINT_ARTIFACT, CHECKPOINT_FILE, INIT_CHECKPOINT_TAG,
-                               INIT_RUN_TAG)
+                               INIT_RUN_TAG, INIT_VERSION_TAG)
 
 __all__ = ["resolve_init", "resolve_in_default_store", "is_mlflow_uri"]
 
@@ -25,18 +25,20 @@ def is_mlflow_uri(text) -> bool:
     return str(text).startswith(("runs:/", "models:/"))
 
 
-def resolve_in_default_store(uri: str) -> str:
-    """A ``runs:/`` or ``models:/`` source as a local checkpoint file, looked up in the
-    store sweeps run from this directory write to (``./sweeps/mlflow.db``), unless
-    ``MLFLOW_TRACKING_URI`` names another. For the command-line tools; raises ValueError
-    with one line when the store has no such run, model or alias."""
+def resolve_in_default_store(uri: str, store: str | None = None) -> str:
+    """A ``runs:/`` or ``models:/`` source as a local checkpoint file, looked up in
+    ``store``, else the store sweeps run from this directory write to
+    (``./sweeps/mlflow.db``) unless ``MLFLOW_TRACKING_URI`` names another. For the
+    command-line tools; raises ValueError with one line when the store has no such run,
+    model or alias."""
     from sweep.track.store import default_tracking_uri
-    store = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(os.path.abspath("sweeps"))
+    store = (store or os.environ.get("MLFLOW_TRACKING_URI")
+             or default_tracking_uri(os.path.abspath("sweeps")))
     try:
         path, _ = resolve_init(uri, store, None)
     except Exception as exc:  # MLflow's own errors: an unknown run, model or alias
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"train.init {uri}: not found in MLflow store {store} ({first})") from None
+        raise ValueError(f"{uri}: not found in MLflow store {store} ({first})") from None
     return path
 
 
@@ -71,7 +73,8 @@ def resolve_init(uri_or_path: str | os.PathLike, client: MlflowClient | str | No
         local = _download_run_file(client, run_id, path or CHECKPOINT_ARTIFACT, cache)
         return local, {INIT_RUN_TAG: run_id, INIT_CHECKPOINT_TAG: text}
     version = _model_version(client, text)
-    lineage = {INIT_CHECKPOINT_TAG: text}
+    lineage = {INIT_CHECKPOINT_TAG: text,
+               INIT_VERSION_TAG: f"models:/{version.name}/{version.version}"}
     if version.run_id:
         lineage[INIT_RUN_TAG] = version.run_id
     source = version.source or ""

@@ -115,3 +115,14 @@ def experiment_link(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+
+
+def run_link(base_url: str, experiment_id: str, run_id: str) -> str:
+    """A link that opens one run's page, in the training view."""
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            "?workflowType=machine_learning")
+
+
+def model_link(base_url: str, name: str, version: str | int) -> str:
+    """A link that opens a registered model version's page."""
+    return f"{base_url.rstrip('/')}/#/models/{name}/versions/{version}"

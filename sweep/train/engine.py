@@ -237,7 +237,8 @@ class Trainer:
     def save(self, path, with_state: bool = True, metrics: dict | None = None) -> Path:
         """The project checkpoint of the current weights (plus what a resume needs)."""
         d = self.cfg.data
-        data_cfg = {"dataset": d.dataset, "path": d.path, "root": d.root, "mean": list(self.data.mean),
+        data_cfg = {"dataset": d.dataset, "name": d.name, "path": d.path, "root": d.root,
+                    "image_size": list(self.data.image_size), "mean": list(self.data.mean),
                     "std": list(self.data.std), "synthetic": d.synthetic.to_dict()}
         extra = None
         if with_state:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from sweep.config import ConfigError, InitFrom, TrialConfig, get_dotted, set_dotted
 from sweep.config.space import Distribution, has_distributions
 from sweep.metrics import best_of
-from sweep.track.names import (INIT_BITS_TAG, INIT_CHECKPOINT_TAG, INIT_RUN_TAG, INIT_STAGE_TAG,
+from sweep.track.names import (CHECKPOINT_ARTIFACT, INIT_BITS_TAG, INIT_CHECKPOINT_TAG,
+                               INIT_RUN_TAG, INIT_STAGE_TAG,
                                INIT_TRIAL_TAG)
 
 if TYPE_CHECKING:
@@ -209,7 +210,10 @@ def init_source(cfg: TrialConfig, meta: dict) -> tuple[str | None, dict, str | N
             return None, {}, (f"train.init: no finished trial of stage {init.best_of!r} has "
                               f"model {cfg.model.to_dict()}, the same data.*"
                               + (f" and {', '.join(init.match)}" if init.match else ""))
-        tags = {INIT_RUN_TAG: cand.get("run_id"), INIT_CHECKPOINT_TAG: cand["checkpoint"],
+        # a URI any machine with the store resolves, rather than this machine's path
+        where = (f"runs:/{cand['run_id']}/{CHECKPOINT_ARTIFACT}" if cand.get("run_id")
+                 else cand["checkpoint"])
+        tags = {INIT_RUN_TAG: cand.get("run_id"), INIT_CHECKPOINT_TAG: where,
                 INIT_BITS_TAG: cand.get("bits"), INIT_STAGE_TAG: init.best_of,
                 INIT_TRIAL_TAG: cand["trial_id"]}
         return cand["checkpoint"], {k: v for k, v in tags.items() if v}, None

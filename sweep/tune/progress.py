@@ -1,15 +1,18 @@
 """The live table a sweep prints instead of Ray's output: one line per trial status
-change or epoch result.
+change or epoch result, each starting with the time since the table was made; an
+epoch is shown as ``k/N``, with the epoch's seconds and, with a validation split, its
+test accuracy after the columns.
 
-    trial        quant.w_bits  train.lr  status    epoch  val_acc  best
-    8e1c2_00000  2             0.05      RUNNING       -        -     -
-    8e1c2_00000  2             0.05      RUNNING       1    23.44  23.44
-    8e1c2_00000  2             0.05      STOPPED       2    20.31  23.44  (ASHA)
+    elapsed  trial        quant.w_bits  train.lr  status    epoch  val_acc   best
+    0:12     8e1c2_00000  2             0.05      RUNNING       -        -      -
+    0:31     8e1c2_00000  2             0.05      RUNNING     1/3    23.44  23.44  (17.9 s/epoch)
+    0:49     8e1c2_00000  2             0.05      STOPPED     2/3    20.31  23.44  (ASHA)
 """
 from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import TextIO
 
 from sweep.metrics import is_better
@@ -46,14 +49,22 @@ class ProgressTable:
         self.metric, self.mode, self.params = metric, mode, list(params)
         self.out = out or sys.stdout
         self.best: dict[str, float] = {}
-        self.widths = [11] + [max(len(p), 6) for p in self.params] + [9, 5, max(len(metric), 7), 7]
+        self.widths = [11] + [max(len(p), 6) for p in self.params] + [9, 7, max(len(metric), 7), 7]
         self.header_done = False
+        self.t0 = time.monotonic()
 
-    def _emit(self, cells: list[str], note: str = "") -> None:
+    def elapsed(self) -> str:
+        """``m:ss`` (``h:mm:ss`` past an hour) since the table was made."""
+        seconds = int(time.monotonic() - self.t0)
+        h, rest = divmod(seconds, 3600)
+        return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+    def _emit(self, cells: list[str], note: str = "", clock: str | None = None) -> None:
         if not self.header_done:
             self.header_done = True
-            self._emit(["trial", *self.params, "status", "epoch", self.metric, "best"])
-        parts = [cells[0].ljust(self.widths[0])]
+            self._emit(["trial", *self.params, "status", "epoch", self.metric, "best"],
+                       clock="elapsed")
+        parts = [(clock or self.elapsed()).ljust(7), cells[0].ljust(self.widths[0])]
         parts += [c.ljust(w) for c, w in zip(cells[1:1 + len(self.params)], self.widths[1:])]
         status, rest = cells[1 + len(self.params)], cells[2 + len(self.params):]
         parts.append(status.ljust(self.widths[1 + len(self.params)]))
@@ -70,7 +81,13 @@ class ProgressTable:
         return self.best[trial_id]
 
     def row(self, trial_id: str, values: dict, status: str, epoch=None, metric=None,
-            note: str = "") -> None:
+            note: str = "", epochs: int | None = None) -> None:
+        """``epochs``: the trial's number of epochs, shown as ``epoch/epochs``."""
         best = self._best(trial_id, metric)
+        shown = f"{epoch}/{epochs}" if epoch is not None and epochs else fmt(epoch)
         self._emit([trial_id, *(fmt(values.get(p)) for p in self.params), status,
-                    fmt(epoch), fmt(metric), fmt(best)], note)
+                    shown, fmt(metric), fmt(best)], note)
+
+    def line(self, text: str) -> None:
+        """A line of its own (a stage starting its trials), with the elapsed time."""
+        print(f"{self.elapsed().ljust(7)}  {text}", file=self.out, flush=True)

@@ -11,14 +11,19 @@ import os
 import sys
 
 from sweep.config import resolve_trial
+from sweep.config.applies import applicable
+from sweep.labels import run_label
 from sweep.metrics import best_of
 from sweep.tune.lineage import checkpoint_label, init_source
 from sweep.tune.plan import StagePlan, searched_values
 from sweep.tune.progress import ProgressTable
 from sweep.tune.state import SweepState
 from sweep.tune.trainable import COST_KEYS, METRIC_KEYS
+from sweep.track.inputs import dataset_input
 from sweep.track.recorder import SweepRecorder
-from sweep.track.names import ALPHAS_ARTIFACT, BITS_ARTIFACT, CHECKPOINT_FILE
+from sweep.track.names import (ALPHAS_ARTIFACT, BEST_EPOCH_METRIC, BEST_TRIAL_TAG,
+                               BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE,
+                               TEST_AT_BEST_METRIC)
 
 __all__ = ["StageRun", "best_kept", "best_trial"]
 
@@ -61,6 +66,7 @@ class StageRun:
         self.cache_dir = cache_dir
         self.table = ProgressTable(plan.search.metric, plan.search.mode, plan.searched, out)
         self.alphas: dict[str, dict] = {}
+        self.at_best: dict[str, dict] = {}      # trial -> the figures to quote so far
         self.entry = state.stage(plan.name)
         if plan.budgeted:         # draws rejected while planning (grid/random); Optuna's count on
             self.entry.setdefault("rejected_over_budget", plan.rejected() or 0)
@@ -68,6 +74,26 @@ class StageRun:
     # ---- helpers -----------------------------------------------------------------
     def values(self, config: dict) -> dict:
         return searched_values(config["tree"], self.plan.searched)
+
+    def _epochs(self, config: dict) -> int | None:
+        epochs = ((config.get("tree") or {}).get("train") or {}).get("epochs")
+        return epochs if isinstance(epochs, int) else None
+
+    def run_name(self, trial_id: str, config: dict) -> str:
+        """What varies, readable (``w4a4 lr=0.01``), else the trial id."""
+        return run_label(self.values(config)) or trial_id
+
+    def _at_best(self, trial_id: str, result: dict) -> dict:
+        """``best_epoch``, ``best_val_acc``, ``test_acc_at_best`` after this epoch's
+        result: the epoch the engine marked best (``is_best``, by the search metric), its
+        ``val_acc``, and its ``test_acc`` (``val_acc`` without a validation split, where
+        val is the test set). Empty until an epoch was marked best."""
+        if result.get("is_best") and result.get("epoch"):
+            val = _finite(result.get("val_acc"))
+            test = _finite(result.get("test_acc")) if "test_acc" in result else val
+            self.at_best[trial_id] = {BEST_EPOCH_METRIC: int(result["epoch"]),
+                                      BEST_VAL_METRIC: val, TEST_AT_BEST_METRIC: test}
+        return dict(self.at_best.get(trial_id, {}))
 
     def _warn(self, what: str, exc: BaseException) -> None:
         log.exception("%s", what)
@@ -93,8 +119,14 @@ class StageRun:
         cfg = resolve_trial(config["tree"])
         _, lineage, _ = init_source(cfg, config["_sweep"])
         tags = {**lineage, "sweep.experiment": self.recorder.experiment_name}
-        self.recorder.trial_run(trial_id, self.plan.name, cfg.flatten(), tags=tags)
+        self.recorder.trial_run(trial_id, self.plan.name, applicable(cfg), tags=tags,
+                                run_name=self.run_name(trial_id, config))
         last = self.recorder.last_epoch(trial_id)
+        if not last:
+            try:
+                self.recorder.log_input(trial_id, dataset_input(cfg.data))
+            except Exception as exc:         # noqa: BLE001 - the trial is recorded anyway
+                self._warn(f"trial {trial_id}: logging its dataset input failed", exc)
         self.table.row(trial_id, self.values(config), "RUNNING",
                        note=f"(resumed; epochs 1-{last} logged)" if last else "")
 
@@ -104,12 +136,19 @@ class StageRun:
         metrics = {k: v for k, v in result.items()
                    if (k in METRIC_KEYS or k.startswith("alpha/")) and isinstance(v, (int, float))}
         self.alphas[trial_id] = {k[len("alpha/"):]: v for k, v in metrics.items() if k.startswith("alpha/")}
+        metrics.update(self._at_best(trial_id, result))
         if self.recorder.run_id(trial_id) is None:
             self.trial_started(trial_id, config)
         self._log_cost(trial_id, result)
         logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
+        extra = [f"{result['epoch_time_s']:.1f} s/epoch"] if _finite(result.get("epoch_time_s")) else []
+        if _finite(result.get("test_acc")) is not None and self.plan.search.metric != "test_acc":
+            extra.append(f"test_acc {result['test_acc']:.2f}")
+        note = f"({', '.join(extra)})" if extra else ""
         self.table.row(trial_id, self.values(config), "RUNNING", result["epoch"],
-                       result.get(self.plan.search.metric), "" if logged else "(replayed, not logged again)")
+                       result.get(self.plan.search.metric),
+                       note if logged else "(replayed, not logged again)",
+                       epochs=self._epochs(config))
 
     def trial_retrying(self, trial_id: str, config: dict, failures: int, error: str | None) -> None:
         last = ((error or "").strip().splitlines() or ["it raised"])[-1][:80]
@@ -129,8 +168,9 @@ class StageRun:
         for row in history or []:                # epochs a killed driver did not log
             if not row.get("failure") and row.get("epoch") is not None:
                 self.recorder.log_epoch(trial_id, row["epoch"], {
-                    k: v for k, v in row.items() if (k in METRIC_KEYS or str(k).startswith("alpha/"))
-                    and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))})
+                    **{k: v for k, v in row.items() if (k in METRIC_KEYS or str(k).startswith("alpha/"))
+                       and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))},
+                    **self._at_best(trial_id, row)})
         self._log_cost(trial_id, last)
         failure = last.get("failure") if not error else None
         status = "FAILED" if (error or failure) else "FINISHED"
@@ -161,12 +201,20 @@ class StageRun:
             "stopped_early": stopped, "epochs": epoch, "arch": cfg.model.arch,
             "metric": _finite(last.get("best_metric", ckpt_metrics.get(metric))),
             "best_epoch": last.get("best_epoch"), "checkpoint": model_file, "bits": bits,
+            "run_name": self.run_name(trial_id, config),
+            "val_acc_at_best": self.at_best.get(trial_id, {}).get(BEST_VAL_METRIC),
+            "test_acc_at_best": self.at_best.get(trial_id, {}).get(TEST_AT_BEST_METRIC),
             "config": cfg.to_dict(), "values": self.values(config)}
         self.entry["trials"][trial_id] = summary
         self.state.save()
+        try:
+            self.roll_up()
+        except Exception as exc:            # noqa: BLE001 - the trial is recorded anyway
+            self._warn(f"stage {self.plan.name}: rolling up its best trial failed", exc)
         shown = "STOPPED" if stopped else status
         note = "(ASHA)" if stopped else (f"({summary['failure']}: {summary['error']})" if status == "FAILED" else "")
-        self.table.row(trial_id, summary["values"], shown, epoch, last.get(metric), note)
+        self.table.row(trial_id, summary["values"], shown, epoch, last.get(metric), note,
+                       epochs=cfg.train.epochs)
         return summary
 
     # ---- after the Tuner ---------------------------------------------------------
@@ -187,5 +235,23 @@ class StageRun:
 
     def best(self) -> dict | None:
         return best_trial(self.entry["trials"].values(), self.plan.search.mode)
+
+    def roll_up(self) -> None:
+        """The stage run shows its best trial so far: its figures as metrics
+        (``best_epoch``, ``best_val_acc``, ``test_acc_at_best``, and the search metric
+        as ``best_<metric>`` when that is another) and its run name as a tag."""
+        best = self.best()
+        if best is None:
+            return
+        metric = self.plan.search.metric
+        figures = {BEST_EPOCH_METRIC: best.get("best_epoch"),
+                   BEST_VAL_METRIC: best.get("val_acc_at_best"),
+                   TEST_AT_BEST_METRIC: best.get("test_acc_at_best")}
+        if metric != "val_acc":
+            figures[f"best_{metric}"] = best.get("metric")
+        self.recorder.log_stage_metrics(self.plan.name, figures)
+        self.recorder.set_stage_tags(self.plan.name, {
+            BEST_TRIAL_TAG: best.get("run_name") or best["trial_id"],
+            "sweep.best_run_id": best["run_id"]})
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import shutil
 import sys
+import tempfile
+import time
 
 from mlflow.exceptions import MlflowException
 from ray import tune
@@ -20,6 +23,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from sweep.config.space import to_plain
 from sweep.track import names, store
+from sweep.track.pytorch_model import save_pytorch_model
 from sweep.tune import lineage
 from sweep.tune.callback import SweepCallback, register
 from sweep.tune.plan import StagePlan, optuna_space, ray_space
@@ -47,7 +51,7 @@ def fingerprint(exp) -> dict:
 
 
 def _trial_name(trial) -> str:
-    return trial.trial_id
+    return trial.trial_id           # Ray's folders; MLflow run names say what varies
 
 
 # ---------------------------------------------------------------- one stage
@@ -104,6 +108,14 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
         "stage": plan.name, "search.algorithm": s.algorithm, "search.num_samples": s.num_samples,
         "search.metric": s.metric, "search.mode": s.mode, "search.scheduler": s.scheduler.type,
         "trials": plan.num_trials(), **overrides})
+    try:                                    # what was run: the file and the command line
+        recorder.log_stage_file(plan.name, exp.file, names.EXPERIMENT_FILE_DIR)
+        recorder.log_stage_text(plan.name, shlex.join([os.path.basename(sys.executable),
+                                                       *sys.argv]) + "\n",
+                                names.COMMAND_ARTIFACT)
+    except Exception as exc:                # noqa: BLE001 - the stage runs without them
+        print(f"warning: stage {plan.name}: logging the experiment file failed: {exc}",
+              file=sys.stderr)
     key = f"{paths.state}::{plan.name}"
     stage_dir = paths.stage(plan.name)
     restore = args.resume and _restorable(stage_dir, paths.remote)
@@ -119,6 +131,7 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
         print(f"   quant.budget: {plan.rejected()} draw(s) over the budget were rejected and drawn "
               "again; none of them is trained", flush=True)
     register(key, run)
+    started = time.time()
     try:
         if restore:
             print(f"   continuing from {stage_dir}", flush=True)
@@ -126,6 +139,8 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
                                        resume_errored=False, restart_errored=False)
         else:
             tuner = _tuner(plan, trainable, meta, paths, key)
+        run.table.line(f"starting {plan.num_trials()} trial(s) of stage {plan.name} "
+                       "(the first results come once the workers have loaded the data)")
         results = tuner.fit()
         run.reconcile(results)
     finally:
@@ -133,7 +148,8 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
     entry = state.stage(plan.name)
     entry["best"] = run.best()
     entry["status"] = "finished"
-    _register_best(exp, plan, recorder, entry)
+    entry["seconds"] = round(time.time() - started, 1)
+    _register_best(exp, plan, recorder, entry, os.path.join(paths.state, "cache"))
     state.save()
     if plan.budgeted:
         recorder.log_stage_metrics(plan.name, {"rejected_over_budget": entry.get("rejected_over_budget", 0)})
@@ -148,11 +164,45 @@ def _restorable(stage_dir: str, remote: bool) -> bool:
     return remote or bool(glob.glob(os.path.join(stage_dir, "experiment_state-*.json")))
 
 
-def _register_best(exp, plan, recorder, entry) -> None:
+def _version_tags(recorder, t: dict, metric: str) -> dict:
+    """What a registered version says about itself: the figures to quote, the bits, the
+    trial, and the lineage tags of the run it comes from."""
+    tags = {"sweep.experiment": recorder.experiment_name, "sweep.trial_id": t["trial_id"],
+            "sweep.run_name": t.get("run_name"), "bits": t.get("bits"),
+            "search.metric": metric, f"best_{metric}": t.get("metric"),
+            names.BEST_EPOCH_METRIC: t.get("best_epoch"),
+            names.BEST_VAL_METRIC: t.get("val_acc_at_best"),
+            names.TEST_AT_BEST_METRIC: t.get("test_acc_at_best")}
+    run_tags = recorder.client.get_run(t["run_id"]).data.tags
+    tags.update({k: v for k, v in run_tags.items() if k.startswith("lineage.")})
+    return tags
+
+
+def _model_folder(recorder, t: dict, cache: str) -> str:
+    """Log the trial's MLflow PyTorch model (``model/``) unless it holds one already;
+    returns the artifact path to register (``checkpoint`` when the model cannot be
+    made)."""
+    if any(f.path == names.MODEL_DIR for f in recorder.client.list_artifacts(t["run_id"])):
+        return names.MODEL_DIR
+    try:
+        os.makedirs(cache, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="mlflow-model-", dir=cache) as tmp:
+            folder = save_pytorch_model(t["checkpoint"], os.path.join(tmp, names.MODEL_DIR))
+            recorder.log_model_folder(t["run_id"], folder)
+        return names.MODEL_DIR
+    except Exception as exc:            # noqa: BLE001 - the checkpoint is registered instead
+        print(f"warning: trial {t['trial_id']}: saving it as an MLflow PyTorch model failed "
+              f"({type(exc).__name__}: {exc}); registering its checkpoint folder",
+              file=sys.stderr)
+        return names.CHECKPOINT_DIR
+
+
+def _register_best(exp, plan, recorder, entry, cache: str) -> None:
     per_arch = {}
     for t in entry["trials"].values():
         per_arch.setdefault(t["arch"], []).append(t)
     entry["registered"] = {}
+    metric = plan.search.metric
     for arch in sorted(per_arch):
         t = best_trial(per_arch[arch], plan.search.mode)
         if t is None:
@@ -160,8 +210,17 @@ def _register_best(exp, plan, recorder, entry) -> None:
         name = names.registered_model_name(exp.name, arch)
         alias = names.stage_alias(plan.name)
         try:
-            version = recorder.register_best(plan.name, t["run_id"], name, alias)
+            path = _model_folder(recorder, t, cache)
+            quote = t.get("test_acc_at_best")
+            description = (f"Stage {plan.name}, trial {t.get('run_name') or t['trial_id']}: "
+                           f"{t.get('bits') or ''} {arch}; test accuracy "
+                           f"{fmt(quote)} % at epoch {t.get('best_epoch')} (the best by {metric}).")
+            version = recorder.register_best(plan.name, t["run_id"], name, alias,
+                                             artifact_path=path,
+                                             tags=_version_tags(recorder, t, metric),
+                                             description=description)
             entry["registered"][arch] = f"models:/{name}@{alias} (version {version.version})"
+            entry.setdefault("registered_versions", {})[arch] = f"models:/{name}/{version.version}"
         except Exception as exc:            # noqa: BLE001 - the results stand without it
             print(f"warning: registering {name}@{alias} failed: {exc}", file=sys.stderr)
 
@@ -170,6 +229,7 @@ def _register_best(exp, plan, recorder, entry) -> None:
 
 def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
     import ray
+    t0 = time.time()
     state = SweepState(os.path.join(paths.state, "sweep.json"))
     fp = fingerprint(exp)
     old = state.data.get("fingerprint") or {}
@@ -201,11 +261,24 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
             skipped.append((plan.name, reason))
             continue
         _run_stage(plan, exp, paths, args, recorder, state, refs, init_files)
-    return _summary(exp, plans, paths, recorder, state, skipped)
+    return _summary(exp, plans, paths, recorder, state, skipped, t0)
 
 
-def _summary(exp, plans, paths, recorder, state, skipped) -> int:
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _has_val_split(trial: dict) -> bool:
+    return ((trial.get("config") or {}).get("data") or {}).get("val_fraction", 0) > 0
+
+
+def _summary(exp, plans, paths, recorder, state, skipped, t0: float) -> int:
     print("\n== results", flush=True)
+    ui = store.ui_command(paths.mlflow)
+    base = "http://127.0.0.1:5000" if ui else paths.mlflow
     failed, empty = [], []
     for plan in plans:
         entry = state.data["stages"].get(plan.name) or {}
@@ -222,25 +295,35 @@ def _summary(exp, plans, paths, recorder, state, skipped) -> int:
             print(f"stage {plan.name}: no finished trial; {counts}")
             continue
         metric = plan.search.metric
-        print(f"stage {plan.name}: best trial {best['trial_id']}: {metric} {fmt(best['metric'])} "
+        took = f" in {_duration(entry['seconds'])}" if entry.get("seconds") is not None else ""
+        print(f"stage {plan.name}{took}: best trial {best.get('run_name') or best['trial_id']} "
+              f"({best['trial_id']}): {metric} {fmt(best['metric'])} "
               f"at epoch {best['best_epoch']} of {best['epochs']}; {counts}")
         if "rejected_over_budget" in entry:
             print(f"  budget:     {entry['rejected_over_budget']} configuration(s) over quant.budget "
                   "rejected, never trained")
+        if best.get("test_acc_at_best") is not None:
+            note = ("" if _has_val_split(best) else
+                    " (no validation split: the test set chose the epoch)")
+            print(f"  to quote:   test accuracy {fmt(best['test_acc_at_best'])} % at epoch "
+                  f"{best['best_epoch']}{note}")
         if best["values"]:
             print("  config:     " + "  ".join(f"{k}={fmt(v)}" for k, v in best["values"].items()))
         print(f"  checkpoint: {best['checkpoint']}")
         print(f"  MLflow run: {best['run_id']}"
               + "".join(f"; registered {v}" for v in (entry.get("registered") or {}).values()))
+        if ui or store.is_http(paths.mlflow):
+            print(f"              {store.run_link(base, recorder.experiment_id, best['run_id'])}")
         print(f"  evaluate:   python -m sweep.evaluate {best['checkpoint']}")
+        for uri in (entry.get("registered_versions") or {}).values():
+            print(f"              python -m sweep.evaluate {uri}")
     for name, reason in skipped:
         print(f"stage {name}: skipped: {reason}")
+    print(f"wall time: {_duration(time.time() - t0)} (this run of the command)")
     if failed:
         print(f"failed trials ({len(failed)}):")
         for stage, t in failed:
             print(f"  {stage} {t['trial_id']}: {t['failure']}: {t['error']}")
-    ui = store.ui_command(paths.mlflow)
-    base = "http://127.0.0.1:5000" if ui else paths.mlflow
     if ui:
         print(f"MLflow UI:  {ui}")
     print(f"  open {store.experiment_link(base, recorder.experiment_id)}", flush=True)

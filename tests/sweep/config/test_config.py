@@ -266,6 +266,7 @@ ERRORS = [
     ({"train": "{lr: {uniform: [0, 0.1]}}"}, "must be > 0, got 0.0", "train.lr"),
     ({"data": "{dataset: cifar}"}, "unknown dataset 'cifar'; did you mean cifar10", "data.dataset"),
     ({"data": "{dataset: npz}"}, "data.dataset: npz needs data.path", "data.path"),
+    ({"data": "{name: 'CIFAR 10'}"}, "data.name may use letters, digits", "data.name"),
     ({"data": "{dataset: npz, path: missing.npz}"}, "missing.npz does not exist", "data.path"),
     ({"data": "{val_fraction: 1.0}"}, r"must be in \[0, 1\), got 1.0", "data.val_fraction"),
     ({"model": "{arch: resnt20}"}, "unknown model 'resnt20'; did you mean resnet20", "model.arch"),
@@ -405,7 +406,7 @@ def test_the_key_table_is_derived_from_the_schema():
     assert {k for k in KEYS if k.startswith("train.")} == {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
     assert {k for k in KEYS if k.startswith("data.synthetic.")} == {
         f"data.synthetic.{f.name}" for f in dataclasses.fields(SyntheticConfig)}
-    assert "data.synthetic" in SUBSECTIONS and len(dataclasses.fields(DataConfig)) == 10
+    assert "data.synthetic" in SUBSECTIONS and len(dataclasses.fields(DataConfig)) == 11
     defaults = resolve_trial({}).quant
     assert dataclasses.replace(defaults, act_scheme=None) == QuantPolicy()   # one set of defaults
     assert resolve_trial({}).data.synthetic.seed == 0                        # the data's own default

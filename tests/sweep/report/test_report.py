@@ -228,9 +228,7 @@ def test_compare_to(store, capsys, tmp_path):
         "| 90.00 | 80.00 (n=1) | 10.00 | -1.00 |",
         "| w2a2 | resnet20 | cifar10 | W2A2 | ngrid | 4 | Paper A | test | 92.00 | 78.00 | 14.00 "
         "| 90.00 | 50.00 (n=1, stopped early) | 40.00 | -28.00 |",
-        "| w2a2_val | resnet20 | cifar10 | W2A2 | apot | — | Paper A | test | 92.00 | 86.00 "
-        "| 6.00 | 90.00 | 80.00 (n=1) | 10.00 | -6.00 |",
-    ]
+    ]       # one line per published row: w2a2_val's apot (80.00) is not the best W2A2 apot
     assert "† The published figure is *training*-set accuracy" in sec and "not compared." in sec
     assert "with no run here: ResNet-20 CIFAR-10" not in sec        # the FP row matched
     assert "with no run here: resnet20 cifar10 W4A4 apot (Paper A)." in sec
@@ -241,8 +239,7 @@ def test_compare_to(store, capsys, tmp_path):
             for r in comp] == [
         ("apot", "", "False", "-2.0", "0.0"), ("apot", "", "False", "-0.5", "4.5"),
         ("ngrid", "1.0", "True", "", "15.0"), ("ngrid", "2.0", "False", "-1.0", "10.0"),
-        ("ngrid", "4.0", "False", "-28.0", "40.0"),
-        ("apot", "", "False", "-6.0", "10.0")]
+        ("ngrid", "4.0", "False", "-28.0", "40.0")]
 
     # --stage keeps the baseline from a stage it does not show
     code, out, _ = report(capsys, uri, "--compare-to", str(path), "--stage", "w2a2")
@@ -353,3 +350,15 @@ def test_unknown_experiment_cli(store):
     assert proc.returncode == 2, proc.stderr
     assert "no experiment named 'nope'" in proc.stderr and "demo" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_compare_to_says_which_fields_differ_when_nothing_matches(store, capsys, tmp_path):
+    uri, _, _ = store
+    path = tmp_path / "other.yaml"
+    path.write_text("- {model: resnet20, dataset: cifar100, w_bits: 3, a_bits: 3, scheme: apot, "
+                    "accuracy: 60.0, split: test, source: Other}\n")
+    code, out, _ = report(capsys, uri, "--compare-to", str(path))
+    assert code == 0
+    line = out[out.index("No published row matches"):].splitlines()[0]
+    assert "dataset: published cifar100, ours cifar10 (set data.name" in line
+    assert "bits: published W3A3, ours " in line and "model:" not in line

@@ -256,7 +256,10 @@ def test_register_best_and_resolve_init(recorder, tmp_path, monkeypatch):
                 f"runs:/{run_a}/checkpoint/model.pt"):
         local, lineage = resolve.resolve_init(uri, client, cache)
         assert os.path.isabs(local) and open(local, "rb").read() == payload["a"], uri
-        assert lineage == {"lineage.init_run_id": run_a, "lineage.init_checkpoint": uri}
+        version_tag = ({"lineage.init_model_version": f"models:/{name}/{version.version}"}
+                       if uri.startswith("models:/") else {})
+        assert lineage == {"lineage.init_run_id": run_a, "lineage.init_checkpoint": uri,
+                           **version_tag}
 
     # a better trial later: a new version, and the alias moves to it
     run_b = recorder.run_id("b")
@@ -319,8 +322,8 @@ def test_recorder_through_a_local_server(tmp_path):
 
 
 def test_trial_runs_carry_provenance_tags(uri, name, tmp_path):
-    """Every child run carries the git commit, the dirty flag and the library versions,
-    computed once per process; a stage run does not need them."""
+    """Every run carries the git commit, the dirty flag, the library versions and the
+    source tags MLflow's UI shows, computed once per process."""
     import subprocess
     from sweep.track import provenance
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
@@ -335,9 +338,14 @@ def test_trial_runs_carry_provenance_tags(uri, name, tmp_path):
         rec.trial_run("t0", "fp32", {"train.lr": 0.1})
         rec.finish_trial("t0")
         child = rec.client.get_run(rec.run_id("t0"))
+        stage = rec.client.get_run(rec.stage_run_id("fp32"))
     assert {k: child.data.tags.get(k) for k in tags} == tags
-    assert set(tags) == {"sweep.git_commit", "sweep.git_dirty", "sweep.version.torch",
-                         "sweep.version.ray", "sweep.version.mlflow", "sweep.version.optuna"}
+    assert {k: stage.data.tags.get(k) for k in tags} == tags
+    assert set(tags) - {"mlflow.user"} == {
+        "sweep.git_commit", "sweep.git_dirty", "sweep.version.torch", "sweep.version.ray",
+        "sweep.version.mlflow", "sweep.version.optuna", "mlflow.source.name",
+        "mlflow.source.type", "mlflow.source.git.commit"}
+    assert tags["mlflow.source.git.commit"] == commit
 
 
 def test_paged_reads_every_page_and_delete_experiment_runs(uri, name, tmp_path):

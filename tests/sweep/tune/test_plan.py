@@ -194,7 +194,7 @@ def test_train_init_from_an_earlier_stage(tmp_path):
     cfg = resolve_trial(exp.trial_spaces("w4")[0])
     path, tags, problem = lineage.init_source(cfg, {"mode": "max", "init_candidates": cands})
     assert problem is None and path == "/x/b/model.pt"
-    assert tags == {"lineage.init_run_id": "run-b", "lineage.init_checkpoint": "/x/b/model.pt",
+    assert tags == {"lineage.init_run_id": "run-b", "lineage.init_checkpoint": "runs:/run-b/checkpoint/model.pt",
                     "lineage.init_bits": "FP32", "lineage.init_stage": "fp32",
                     "lineage.init_trial": "b"}
     entry["trials"]["b"]["config"] = {**config, "model": {**config["model"], "arch": "resnet32"}}
@@ -208,9 +208,12 @@ def test_progress_table_rows(capsys):
     table.row("abc_00000", {"train.lr": 0.05}, "RUNNING", 1, 42.1875)
     table.row("abc_00000", {"train.lr": 0.05}, "RUNNING", 2, 40.0)
     table.row("abc_00000", {"train.lr": 0.05}, "STOPPED", 2, 40.0, "(ASHA)")
+    table.row("abc_00001", {"train.lr": 0.1}, "RUNNING", 1, 30.0, epochs=3)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["trial", "train.lr", "status", "epoch", "val_acc", "best"]
-    assert lines[3].split() == ["abc_00000", "0.05", "RUNNING", "2", "40", "42.19"]
+    assert lines[0].split() == ["elapsed", "trial", "train.lr", "status", "epoch", "val_acc", "best"]
+    assert lines[3].split()[1:] == ["abc_00000", "0.05", "RUNNING", "2", "40", "42.19"]
+    assert lines[1].split()[0] == "0:00"
+    assert lines[5].split()[1:] == ["abc_00001", "0.1", "RUNNING", "1/3", "30", "30"]
     assert lines[4].endswith("(ASHA)")
     assert fmt(float("nan")) == "nan" and fmt(1e-5) == "1e-05" and fmt(None) == "-"
 

@@ -129,7 +129,7 @@ def test_kill_9_then_resume_finishes_every_trial_once(tmp_path):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:                   # an epoch result is in the table
         lines = (tmp_path / "first.txt").read_text().splitlines()
-        if any(len(l.split()) >= 5 and l.split()[2] == "RUNNING" and l.split()[3].isdigit()
+        if any(len(l.split()) >= 6 and l.split()[3] == "RUNNING" and l.split()[4][0].isdigit()
                for l in lines):
             break
         assert proc.poll() is None, (tmp_path / "first.txt").read_text()
@@ -208,8 +208,7 @@ def test_progressive_stages_lineage_and_a_nan_trial(tmp_path):
     tags = child.data.tags
     assert tags["lineage.init_run_id"] == good[0].info.run_id
     assert tags["lineage.init_bits"] == "FP32"
-    assert tags["lineage.init_checkpoint"].endswith("model.pt")
-    assert os.path.isfile(tags["lineage.init_checkpoint"])
+    assert tags["lineage.init_checkpoint"] == f"runs:/{good[0].info.run_id}/checkpoint/model.pt"
     for stage, run in (("fp32", good[0]), ("w4a4", child)):
         version = client.get_model_version_by_alias("prog-resnet20", f"{stage}-best")
         assert version.run_id == run.info.run_id

@@ -1,0 +1,43 @@
+"""Which keys of a resolved trial config apply to it: what a trial's MLflow run logs as
+parameters (docs/mlflow.md, "A trial's run").
+
+A key is left out when it cannot change what the trial does: ``null`` (the dataset's or
+the model's own default), the ``data.synthetic.*`` sizes of a non-synthetic dataset,
+``data.path`` of a torchvision dataset and ``data.root`` of a file, ``data.split_seed``
+without a validation split, ``train.milestones``/``train.gamma`` off the step schedule,
+and the alpha settings of a model with no quantized layer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sweep.config.schema import TrialConfig
+
+__all__ = ["applicable", "TORCHVISION_DATASETS", "FILE_DATASETS"]
+
+TORCHVISION_DATASETS = ("cifar10", "cifar100", "mnist")     # found or downloaded under data.root
+FILE_DATASETS = ("npz", "imagefolder")                       # read from data.path
+_ALPHA_KEYS = ("train.alpha_lr_act", "train.alpha_lr_weight", "train.alpha_weight_decay",
+               "train.alpha_floor")
+
+
+def _applies(key: str, cfg: TrialConfig) -> bool:
+    d, t, q = cfg.data, cfg.train, cfg.quant
+    if key.startswith("data.synthetic."):
+        return d.dataset == "synthetic"
+    if key == "data.path":
+        return d.dataset in FILE_DATASETS
+    if key == "data.root":
+        return d.dataset in TORCHVISION_DATASETS
+    if key == "data.split_seed":
+        return d.val_fraction > 0
+    if key in ("train.milestones", "train.gamma"):
+        return t.schedule == "step"
+    if key in _ALPHA_KEYS:
+        return not (q.w_bits == 32 and q.a_bits == 32 and not q.layers)
+    return True
+
+
+def applicable(cfg: TrialConfig) -> dict[str, Any]:
+    """The trial's dotted keys and values that apply to it (see the module doc)."""
+    return {k: v for k, v in cfg.flatten().items() if v is not None and _applies(k, cfg)}
