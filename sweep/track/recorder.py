@@ -416,13 +416,6 @@ class SweepRecorder:
             self._save_state()
             return True
 
-    def log_stage_metrics(self, stage_name: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Metrics of a stage's parent run (``rejected_over_budget``)."""
-        with self._lock:
-            ts = _now_ms()
-            batch = [Metric(sanitize_key(k), float(v), ts, step) for k, v in metrics.items()]
-            self.client.log_batch(self._stages[stage_name], metrics=batch, synchronous=True)
-
     def last_epoch(self, trial_id: str) -> int | None:
         """The last epoch logged for a trial (None: none yet)."""
         return self._trials.get(trial_id, {}).get("last_epoch")
@@ -498,12 +491,14 @@ class SweepRecorder:
 
     def log_stage_metrics(self, stage_name: str, metrics: Mapping[str, float | None],
                           step: int = 0) -> None:
-        """Metrics of a stage's run (its best trial's figures), ``None`` values left out."""
-        ts = _now_ms()
-        batch = [Metric(sanitize_key(k), float(v), ts, step) for k, v in metrics.items()
-                 if v is not None]
-        if batch:
-            self.client.log_batch(self._stages[stage_name], metrics=batch, synchronous=True)
+        """Metrics of a stage's run (its best trial's figures, ``rejected_over_budget``),
+        ``None`` values left out."""
+        with self._lock:
+            ts = _now_ms()
+            batch = [Metric(sanitize_key(k), float(v), ts, step) for k, v in metrics.items()
+                     if v is not None]
+            if batch:
+                self.client.log_batch(self._stages[stage_name], metrics=batch, synchronous=True)
 
     def log_model_folder(self, run_id: str, folder: str | os.PathLike,
                          artifact_path: str = MODEL_DIR) -> None:

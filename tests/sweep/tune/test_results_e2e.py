@@ -12,7 +12,6 @@ ResNet-20 on part of the CIFAR-10 subset, run once for the module, then
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import sys
 
