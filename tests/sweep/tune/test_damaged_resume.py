@@ -36,13 +36,18 @@ def start_until_an_epoch(tmp_path) -> subprocess.Popen:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         lines = (tmp_path / "first.txt").read_text().splitlines()
-        if any(len(l.split()) >= 5 and l.split()[2] == "RUNNING" and l.split()[3].isdigit()
-               for l in lines):
+        if any(_epoch_reported(l.split()) for l in lines):
             return proc
         assert proc.poll() is None, (tmp_path / "first.txt").read_text()
         time.sleep(0.3)
     proc.kill()
     pytest.fail("no epoch result within 180 s:\n" + (tmp_path / "first.txt").read_text())
+
+
+def _epoch_reported(cells: list) -> bool:
+    """A progress line ``elapsed trial <values> RUNNING k/N ...``: an epoch result."""
+    return "RUNNING" in cells and cells.index("RUNNING") + 1 < len(cells) and \
+        cells[cells.index("RUNNING") + 1][0].isdigit()
 
 
 def kill_9(proc) -> None:
