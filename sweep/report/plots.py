@@ -258,7 +258,7 @@ def plot_pareto(rows: list[Row], path: str) -> str | None:
     models = sorted({(str(r.model), str(r.dataset)) for r in pts})
     head = f"{models[0][0]} {models[0][1]}: " if len(models) == 1 else ""
     fig.suptitle(f"{head}{len(pts)} configurations, Pareto front in red "
-                 "(mean ± std over seeds)", fontsize=10)
+                 f"({seeds_note(pts)})", fontsize=10)
     return _save(fig, path)
 
 
