@@ -15,17 +15,20 @@ from .registry import register_model
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None):
+        """``downsample``: the shortcut, built by the caller (the ImageNet layout builds it
+        first); None builds the 1x1 conv + batch norm here when the shape changes."""
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
+        if downsample is None and (stride != 1 or in_planes != planes):
+            downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+        self.downsample = downsample
 
     def forward(self, x):
         residual = x if self.downsample is None else self.downsample(x)

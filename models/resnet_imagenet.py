@@ -13,28 +13,10 @@ from __future__ import annotations
 from torch import nn
 
 from .registry import register_model
+from .resnet_cifar import BasicBlock  # the same block; the shortcut comes from _make_layer
 
 IMAGENET_WIDTHS = (64, 128, 256, 512)
 MNIST_WIDTHS = (16, 32, 64, 128)
-
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
 
 
 class Bottleneck(nn.Module):

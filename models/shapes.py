@@ -35,8 +35,8 @@ class ModelShape:
 
 @torch.no_grad()
 def model_shape(model: nn.Module, image_size=(32, 32), in_channels: int | None = None) -> ModelShape:
-    """Measure ``model`` with one zero image of ``image_size`` (eval mode on a copy of
-    nothing: the batch-norm statistics are untouched, the mode is restored)."""
+    """Measure ``model`` with one zero image of ``image_size``, run in eval mode (the
+    batch-norm statistics are untouched; the model's mode is restored afterwards)."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if in_channels is None:
@@ -76,5 +76,4 @@ def arch_shape(arch: str, num_classes: int = 10, in_channels: int = 3, image_siz
     """The shape of a registered architecture (float, CPU, built once per arguments)."""
     from models.registry import get_entry
     model = get_entry(arch).fn(num_classes=num_classes, in_channels=in_channels)
-    return model_shape(model, tuple(image_size) if not isinstance(image_size, int) else image_size,
-                       in_channels)
+    return model_shape(model, image_size, in_channels)

@@ -11,8 +11,9 @@ where the input was clipped, APoT gradient for alpha ("Activation quantizer").
 The ImageNet family (``family="imagenet"``, docs/quantization.md "Two families") is the
 same pair with these differences: the weight is normalised with its gradient (mean and
 std not constants), 3-5-bit weights get no gradient outside +-alpha while 2-bit weights
-keep the unclipped "calibrated" gradient, activations are clamped to [0, 1], and the
-forward is written as the straight-through rounding ``((q - c) + c) * alpha``.
+keep the unclipped "calibrated" gradient (and the CIFAR kernels), activations are
+clamped to [0, 1], and the forward of 3-5-bit weights and of activations is written as
+the straight-through rounding ``((q - c) + c) * alpha``.
 ``grad_scale`` (either family) multiplies only the alpha gradients.
 
 ``fixed_point_weight``: the 8-bit first/last layer rule ``round(w / max(w) * 127) / 127
@@ -119,8 +120,7 @@ def weight_quantize(w: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor, lv:
     w32 = _f32(w)
     w_hat = w32.add(-w32.mean()).div(w32.std())
     rule = "cifar" if lv.numel() <= 2 else "clipped"
-    zero = torch.zeros((), dtype=torch.float32, device=w.device)
-    return WeightQuantize.apply(w_hat, alpha, thr, lv, zero, torch.ones_like(zero), rule, grad_scale)
+    return normalised_weight_quantize(w_hat, alpha, thr, lv, rule, grad_scale)
 
 
 def act_quantize(a: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor, lv: torch.Tensor,
@@ -131,11 +131,13 @@ def act_quantize(a: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor, lv: to
 
 
 def normalised_weight_quantize(w_hat: torch.Tensor, alpha: torch.Tensor, thr: torch.Tensor,
-                               lv: torch.Tensor) -> torch.Tensor:
+                               lv: torch.Tensor, rule: str = "cifar",
+                               grad_scale: float | None = None) -> torch.Tensor:
     """The weight quantizer on an already normalised weight (mean 0 and std 1 as constants,
-    which leave it unchanged): to check it against vectors whose input is ``w_hat``."""
+    which leave it unchanged): the ImageNet family's second step, and to check the
+    quantizer against vectors whose input is ``w_hat``."""
     zero = torch.zeros((), dtype=torch.float32, device=w_hat.device)
-    return WeightQuantize.apply(w_hat, alpha, thr, lv, zero, torch.ones_like(zero))
+    return WeightQuantize.apply(w_hat, alpha, thr, lv, zero, torch.ones_like(zero), rule, grad_scale)
 
 
 def fixed_point_weight(w: torch.Tensor, bits: int = 8) -> torch.Tensor:

@@ -36,23 +36,23 @@ def _project_bucketize(c: torch.Tensor, thr: torch.Tensor, lv: torch.Tensor) -> 
 def _make_kernels(project):
     """The quantizer kernels, written once over a projection function."""
 
+    def signed_project(c, thr, lv):
+        """Project ``|c|`` onto the weight levels and restore the sign (binary weights,
+        no thresholds: the level set {1}, so the sign alone)."""
+        return c.sign() if thr.shape[0] == 0 else project(c.abs(), thr, lv) * c.sign()
+
+    def weight_grad_alpha(g, x, thr, lv):
+        """The APoT clipping gradient of alpha, ``x = w_hat / alpha``; also ``|x| > 1``."""
+        over = x.abs() > 1.0
+        q = signed_project(x.clamp(-1.0, 1.0), thr, lv)
+        return (g * torch.where(over, x.sign(), q - x)).sum(), over
+
     def weight_fwd(w, mean, std, alpha, thr, lv):
-        x = (w - mean) / std / alpha
-        c = x.clamp(-1.0, 1.0)
-        if thr.shape[0] == 0:  # binary weights: level set {1}
-            q = c.sign()
-        else:
-            q = project(c.abs(), thr, lv) * c.sign()
-        return q * alpha
+        c = ((w - mean) / std / alpha).clamp(-1.0, 1.0)
+        return signed_project(c, thr, lv) * alpha
 
     def weight_bwd(g, w, mean, std, alpha, thr, lv):
-        x = (w - mean) / std / alpha
-        c = x.clamp(-1.0, 1.0)
-        if thr.shape[0] == 0:
-            q = c.sign()
-        else:
-            q = project(c.abs(), thr, lv) * c.sign()
-        grad_alpha = (g * torch.where(x.abs() > 1.0, x.sign(), q - x)).sum()
+        grad_alpha, _ = weight_grad_alpha(g, (w - mean) / std / alpha, thr, lv)
         return g / std, grad_alpha
 
     def act_fwd(a, alpha, thr, lv):
@@ -68,19 +68,17 @@ def _make_kernels(project):
 
     # ---- the ImageNet family (docs/quantization.md, "Two families"): the straight-through
     # rounding written as autograd sees it, ``((q - c) + c) * alpha``, so values match it
+    # (the ``g * alpha / alpha`` below is autograd's chain through that form, kept for the
+    # same reason)
 
     def weight_fwd_ste(w, mean, std, alpha, thr, lv):
         c = ((w - mean) / std / alpha).clamp(-1.0, 1.0)
-        q = c.sign() if thr.shape[0] == 0 else project(c.abs(), thr, lv) * c.sign()
-        return ((q - c) + c) * alpha
+        return ((signed_project(c, thr, lv) - c) + c) * alpha
 
     def weight_bwd_clipped(g, w, mean, std, alpha, thr, lv):
         """3-5-bit weights: no weight gradient outside +-alpha (the clamp comes first)."""
-        x = (w - mean) / std / alpha
-        c = x.clamp(-1.0, 1.0)
-        q = c.sign() if thr.shape[0] == 0 else project(c.abs(), thr, lv) * c.sign()
-        grad_alpha = (g * torch.where(x.abs() > 1.0, x.sign(), q - x)).sum()
-        return torch.where(x.abs() > 1.0, torch.zeros_like(g), g * alpha / alpha / std), grad_alpha
+        grad_alpha, over = weight_grad_alpha(g, (w - mean) / std / alpha, thr, lv)
+        return torch.where(over, torch.zeros_like(g), g * alpha / alpha / std), grad_alpha
 
     def act_fwd_ste(a, alpha, thr, lv):
         c = (a / alpha).clamp(0.0, 1.0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .cost import BUDGET_KEYS
 from .layers import QuantConv2d, QuantLinear
 from .levels import (FULL_PRECISION, QuantConfigError, check_act, check_scheme, check_weight,
                      check_z, default_act_scheme, z_without_ngrid)
@@ -99,7 +100,7 @@ def _layers(layers):
 
 def _budget(budget):
     """``{avg_w_bits: B_w, avg_a_bits: B_a}`` (either may be left out) -> the same with floats."""
-    keys = ("avg_w_bits", "avg_a_bits")
+    keys = BUDGET_KEYS
     if not isinstance(budget, dict) or not budget:
         raise QuantConfigError(f"expected a mapping with avg_w_bits and/or avg_a_bits, e.g. "
                                f"{{avg_w_bits: 3.0, avg_a_bits: 3.0}}; got {budget!r}")

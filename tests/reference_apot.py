@@ -34,6 +34,15 @@ def build_power_value(B=2, additive=True):
                 else:
                     base_b.append(2 ** (-i - 1))
                     base_a.append(2 ** (-i - 2))
+        elif B == 5:  # the ImageNet/MNIST code's addition (5-bit weights, reference_apot_imagenet)
+            for i in range(3):
+                if i < 2:
+                    base_a.append(2 ** (-2 * i - 1))
+                    base_b.append(2 ** (-2 * i - 2))
+                else:
+                    base_c.append(2 ** (-2 * i - 1))
+                    base_a.append(2 ** (-2 * i - 2))
+                    base_b.append(2 ** (-2 * i - 3))
         else:
             raise ValueError(f"B={B} not needed here")
     values = torch.Tensor(list({a + b + c for a in base_a for b in base_b for c in base_c}))

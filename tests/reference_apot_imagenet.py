@@ -18,39 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from tests.reference_apot import RefFirstConv, RefLastFc
-
-
-def build_power_value(B=2, additive=True):
-    base_a, base_b, base_c = [0.], [0.], [0.]
-    if additive:
-        if B == 2:
-            for i in range(3):
-                base_a.append(2 ** (-i - 1))
-        elif B == 4:
-            for i in range(3):
-                base_a.append(2 ** (-2 * i - 1))
-                base_b.append(2 ** (-2 * i - 2))
-        elif B == 3:
-            for i in range(3):
-                if i < 2:
-                    base_a.append(2 ** (-i - 1))
-                else:
-                    base_b.append(2 ** (-i - 1))
-                    base_a.append(2 ** (-i - 2))
-        elif B == 5:
-            for i in range(3):
-                if i < 2:
-                    base_a.append(2 ** (-2 * i - 1))
-                    base_b.append(2 ** (-2 * i - 2))
-                else:
-                    base_c.append(2 ** (-2 * i - 1))
-                    base_a.append(2 ** (-2 * i - 2))
-                    base_b.append(2 ** (-2 * i - 3))
-        else:
-            raise ValueError(f"B={B} not needed here")
-    values = torch.Tensor(list({a + b + c for a in base_a for b in base_b for c in base_c}))
-    return values.mul(1.0 / torch.max(values))
+from tests.reference_apot import RefFirstConv, RefLastFc, build_power_value
 
 
 def gradient_scale(x, scale):
