@@ -136,22 +136,12 @@ def check_device(exp, plans) -> str | None:
 def check_resources(plans) -> str | None:
     """Trials that ask for more CPUs or GPUs than this machine has (the local cluster is
     this machine: with ``--address`` Ray checks them against its cluster)."""
-    cpus = os.cpu_count() or 1
-    gpus = None
-    for plan in plans:
-        r = plan.resources
-        where = f"stage {plan.name}: " if len(plans) > 1 else ""
-        if r.cpus_per_trial > cpus:
-            return (f"{where}resources.cpus_per_trial={r.cpus_per_trial:g} but this machine has "
-                    f"{cpus} CPU(s); use --set resources.cpus_per_trial={cpus}")
-        if r.gpus_per_trial > 0:
-            if gpus is None:
-                import torch
-                gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if r.gpus_per_trial > gpus:
-                return (f"{where}resources.gpus_per_trial={r.gpus_per_trial:g} but this machine has "
-                        f"{gpus} GPU(s); run on the CPU with --set resources.gpus_per_trial=0")
-    return None
+    from sweep.tune.cluster import check_resources as fits      # no Ray at module level
+    gpus = 0
+    if any(plan.resources.gpus_per_trial > 0 for plan in plans):
+        import torch
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return fits(plans, os.cpu_count() or 1, gpus, "this machine")
 
 
 def check_state(folder: str) -> str | None:

@@ -231,7 +231,9 @@ def _run(exp, plans, paths: Paths, args, bundles) -> int:
     recorder = None
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        problem = cluster.check_resources(ray, plans)
+        have = ray.cluster_resources()
+        problem = cluster.check_resources(plans, have.get("CPU", 0), have.get("GPU", 0),
+                                          "the Ray cluster")
         if problem:
             print(f"{args.file}: {problem}", file=sys.stderr)
             return EXIT_USAGE

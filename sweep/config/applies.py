@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sweep.config.schema import TrialConfig
+from sweep.labels import is_full_precision
 
 __all__ = ["applicable", "TORCHVISION_DATASETS", "FILE_DATASETS"]
 
@@ -34,7 +35,7 @@ def _applies(key: str, cfg: TrialConfig) -> bool:
     if key in ("train.milestones", "train.gamma"):
         return t.schedule == "step"
     if key in _ALPHA_KEYS:
-        return not (q.w_bits == 32 and q.a_bits == 32 and not q.layers)
+        return not (is_full_precision(q.w_bits, q.a_bits) and not q.layers)
     return True
 
 

@@ -70,20 +70,19 @@ def _npz_shape(path: str, mtime_ns: int, size: int):
     if not zipfile.is_zipfile(path):
         return None, ("data.path", f"{path} is not an npz file; {fix}")
     try:
-        with zipfile.ZipFile(path) as zf:
-            members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+        with np.load(path, allow_pickle=False) as f:     # the file opened once
+            members = {n[:-4]: n for n in f.zip.namelist() if n.endswith(".npy")}
             missing = [k for k in _NPZ_KEYS if k not in members]
             if missing:
                 return None, ("data.path", f"{path} lacks {', '.join(missing)}; {fix}")
             heads = {}
-            for k in ("x_train", "x_test"):
-                with zf.open(members[k]) as fh:
+            for k in ("x_train", "x_test"):     # the images' headers only, not their pixels
+                with f.zip.open(members[k]) as fh:
                     version = np.lib.format.read_magic(fh)
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read(fh)
                     heads[k] = (tuple(shape) + (1,) if len(shape) == 3 else tuple(shape), dtype)
-        with np.load(path, allow_pickle=False) as f:
             y_train, y_test = f["y_train"], f["y_test"]
             classes = f["classes"] if "classes" in f.files else None
     except Exception as exc:    # noqa: BLE001 - a damaged zip or array header
@@ -191,19 +190,24 @@ def check_init(cfg: TrialConfig):
                  in_channels=m.in_channels or shape.channels or 3)
     cache = (init, st.st_mtime_ns, st.st_size, repr(sorted(model.items())), repr(cfg.quant))
     if cache not in _FITS:
-        _FITS[cache] = _fits(init, model, cfg.quant)
+        _FITS[cache] = _fits(init, st.st_mtime_ns, st.st_size, model, cfg.quant)
     return _FITS[cache]
 
 
 _FITS: dict = {}
 
 
-def _fits(path, model_kw, policy):
+@functools.lru_cache(maxsize=1)         # the weights are read once, not per model they start
+def _read(path: str, mtime_ns: int, size: int) -> dict:
+    from models.checkpoint import read_checkpoint
+    return read_checkpoint(path)
+
+
+def _fits(path, mtime_ns, size, model_kw, policy):
     from models import build_model
-    from models.checkpoint import CheckpointError, load_weights, read_checkpoint
+    from models.checkpoint import CheckpointError, load_weights
     try:
-        ckpt = read_checkpoint(path)
-        load_weights(build_model(policy=policy, **model_kw), ckpt["state_dict"], path)
+        load_weights(build_model(policy=policy, **model_kw), _read(path, mtime_ns, size)["state_dict"], path)
     except CheckpointError as exc:
         return "train.init", str(exc)
     return None

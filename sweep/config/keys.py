@@ -18,8 +18,6 @@ from sweep.config.space import (RandInt, _Finite, has_distributions, is_distribu
                                 parse_int, parse_number)
 
 TOP_SECTIONS = tuple(SECTIONS)
-# Keys refused with a reason rather than "unknown key": documented, but not there yet.
-NOT_YET: dict[str, str] = {}
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 _PARSE = {"int": parse_int, "float": parse_number}
 
@@ -113,8 +111,6 @@ def leaves(mapping: dict, tops) -> list[tuple[str, Any]]:
             top = full.split(".")[0]
             if not isinstance(key, str) or not key:
                 raise Invalid(f"keys are names, got {key!r}", full)
-            if full in NOT_YET:
-                raise Invalid(NOT_YET[full], full)
             if full in ("name", "stages") or (top in TOP_SECTIONS and top not in tops and
                                               (full in KEYS or full in SUBSECTIONS)):
                 raise Invalid(f"cannot be set here; only {', '.join(t + '.*' for t in tops)} keys can", full)

@@ -26,6 +26,7 @@ import quant
 from models.checkpoint import family_of, load_weights, provenance, read_checkpoint, save_checkpoint
 from sweep.train.loader import BatchLoader
 from sweep.config import InitFrom, TrialConfig
+from sweep.metrics import is_better
 from sweep.train.data import DataBundle, load_data
 from sweep.train.evaluate import evaluate_model
 
@@ -197,7 +198,6 @@ class Trainer:
     def _is_better(self, metrics: dict) -> bool:
         if self.best is None:
             return True
-        from sweep.metrics import is_better     # (here: one place for the best-by-mode rule)
         return is_better(metrics[self.metric], self.best[self.metric], self.mode)
 
     # ---- the loop --------------------------------------------------------------------

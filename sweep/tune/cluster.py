@@ -41,17 +41,17 @@ def start_ray(args):
     return ray, held
 
 
-def check_resources(ray, plans) -> str | None:
-    have = ray.cluster_resources()
-    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+def check_resources(plans, cpus: float, gpus: float, where: str) -> str | None:
+    """The first stage whose trials ask for more CPUs or GPUs than ``where`` has
+    (``this machine`` before Ray starts, ``the Ray cluster`` after), as a message."""
     for plan in plans:
         r = plan.resources
-        where = f"stage {plan.name}: " if len(plans) > 1 else ""
+        stage = f"stage {plan.name}: " if len(plans) > 1 else ""
         if r.gpus_per_trial > gpus:
-            return (f"{where}resources.gpus_per_trial={r.gpus_per_trial:g} but the Ray cluster has "
+            return (f"{stage}resources.gpus_per_trial={r.gpus_per_trial:g} but {where} has "
                     f"{gpus:g} GPU(s); run on the CPU with --set resources.gpus_per_trial=0")
         if r.cpus_per_trial > cpus:
-            return (f"{where}resources.cpus_per_trial={r.cpus_per_trial:g} but the Ray cluster has "
+            return (f"{stage}resources.cpus_per_trial={r.cpus_per_trial:g} but {where} has "
                     f"{cpus:g} CPU(s); use --set resources.cpus_per_trial={max(int(cpus), 1)}")
     return None
 

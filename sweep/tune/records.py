@@ -42,6 +42,13 @@ def _local_dir(checkpoint, cache: str) -> str:
     return checkpoint.to_directory(os.path.join(cache, os.path.basename(checkpoint.path)))
 
 
+def _epoch_metrics(result: dict) -> dict:
+    """What the recorder logs of one epoch's result: the ``METRIC_KEYS`` and every
+    ``alpha/...`` key that holds a number."""
+    return {k: v for k, v in result.items()
+            if (k in METRIC_KEYS or str(k).startswith("alpha/")) and isinstance(v, (int, float))}
+
+
 def best_kept(kept: list) -> tuple:
     """(checkpoint, metrics) of the best epoch among Ray's kept checkpoints: the newest
     one reported with ``is_best=1`` (the engine's best so far), else the newest one."""
@@ -133,8 +140,7 @@ class StageRun:
     def trial_result(self, trial_id: str, config: dict, result: dict) -> None:
         if result.get("failure") or trial_id in self.entry["trials"]:
             return                               # reported at completion / closed already
-        metrics = {k: v for k, v in result.items()
-                   if (k in METRIC_KEYS or k.startswith("alpha/")) and isinstance(v, (int, float))}
+        metrics = _epoch_metrics(result)
         self.alphas[trial_id] = {k[len("alpha/"):]: v for k, v in metrics.items() if k.startswith("alpha/")}
         metrics.update(self._at_best(trial_id, result))
         if self.recorder.run_id(trial_id) is None:
@@ -167,10 +173,11 @@ class StageRun:
             self.trial_started(trial_id, config)
         for row in history or []:                # epochs a killed driver did not log
             if not row.get("failure") and row.get("epoch") is not None:
-                self.recorder.log_epoch(trial_id, row["epoch"], {
-                    **{k: v for k, v in row.items() if (k in METRIC_KEYS or str(k).startswith("alpha/"))
-                       and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))},
-                    **self._at_best(trial_id, row)})
+                # a DataFrame row: NaN where the epoch had no such key
+                metrics = {k: v for k, v in _epoch_metrics(row).items()
+                           if not (isinstance(v, float) and math.isnan(v))}
+                self.recorder.log_epoch(trial_id, row["epoch"],
+                                        {**metrics, **self._at_best(trial_id, row)})
         self._log_cost(trial_id, last)
         failure = last.get("failure") if not error else None
         status = "FAILED" if (error or failure) else "FINISHED"

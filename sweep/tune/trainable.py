@@ -10,7 +10,7 @@ bound with ``tune.with_parameters``), keyed by ``data_key(cfg.data)``.
 
 Each epoch is reported once: ``tune.report(metrics, checkpoint=...)`` with a folder
 holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``;
-every result also carries the trial's ``COST_KEYS`` (average bits, weight size, BOPs of
+every epoch's result also carries the trial's ``COST_KEYS`` (average bits, weight size, BOPs of
 ``sweep.train.bits.bits_record``), which the driver logs once, at step 0.
 ``is_best`` (1 or 0) is the checkpoint score, so Ray keeps the best epoch's checkpoint
 (and the latest). A restart resumes from ``tune.get_checkpoint()``. A NaN/inf loss is
@@ -86,11 +86,14 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
     cost = {k: bits[k] for k in COST_KEYS}
     first_step = time.time()
 
+    def best_so_far(is_best) -> dict:
+        best = trainer.best or {}
+        return {"is_best": int(bool(is_best)), "best_epoch": best.get("epoch", 0),
+                "best_metric": best.get(metric, float("nan")), "first_step_unix": first_step}
+
     def on_epoch(metrics: dict, tr) -> None:
-        best = tr.best or {}
         result = {k: v for k, v in metrics.items() if k != "is_best"}
-        result.update(is_best=int(bool(metrics.get("is_best"))), best_epoch=best.get("epoch", 0),
-                      best_metric=best.get(metric, float("nan")), first_step_unix=first_step, **cost)
+        result.update(best_so_far(metrics.get("is_best")), **cost)
         with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
             tr.save(os.path.join(folder, CHECKPOINT_FILE))
             atomic_write_json(os.path.join(folder, BITS_ARTIFACT), bits)
@@ -102,7 +105,5 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
     try:
         trainer.run(on_epoch)
     except NonFiniteLoss as exc:
-        best = trainer.best or {}
         tune.report({"epoch": trainer.epoch + 1, metric: float("nan"), "failure": "nan_loss",
-                     "error": str(exc), "is_best": 0, "best_epoch": best.get("epoch", 0),
-                     "best_metric": best.get(metric, float("nan")), "first_step_unix": first_step})
+                     "error": str(exc), **best_so_far(False)})

@@ -198,15 +198,9 @@ def test_budgeted_random_sweep_trains_only_within_budget_and_reports_it(tmp_path
     trial's logged averages are within it, the rejections are counted (printed, in
     sweep.json and on the stage run), and the report shows the cost beside accuracy
     with a Pareto plot."""
-    import os
-    import subprocess
-    import sys
-    from mlflow import MlflowClient
-    path = tmp_path / "s.yaml"
-    path.write_text(textwrap.dedent(SWEEP))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
-    proc = subprocess.run([sys.executable, str(REPO / "run_sweep.py"), str(path)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=400, env=env)
+    from tests.support.sweeps import store, sweep, write
+    path = write(tmp_path, SWEEP)
+    proc = sweep(tmp_path, path, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     planned = plan_stage(load_experiment(path, cwd=str(tmp_path)), "main").rejected()
     assert planned > 0
@@ -216,7 +210,7 @@ def test_budgeted_random_sweep_trains_only_within_budget_and_reports_it(tmp_path
     assert state["stages"]["main"]["rejected_over_budget"] == planned
 
     uri = f"sqlite:///{tmp_path}/sweeps/mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
+    client = store(tmp_path)
     exp = client.get_experiment_by_name("budget_e2e")
     runs = client.search_runs([exp.experiment_id])
     trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from tests.sweep.tune.test_sweep import RUN, env, runs, steps, store, sweep, write
+from tests.support.sweeps import runs, start_until_an_epoch, steps, store, sweep, write
 
 pytestmark = pytest.mark.slow
 
@@ -26,28 +25,6 @@ train: {epochs: 2, batch_size: 32, lr: {grid: [0.05, 0.1]}, device: cpu}
 search: {algorithm: grid, scheduler: {type: fifo}}
 resources: {cpus_per_trial: 1}
 """
-
-
-def start_until_an_epoch(tmp_path) -> subprocess.Popen:
-    """run_sweep.py s.yaml in the background, returned once an epoch result is printed."""
-    log = open(tmp_path / "first.txt", "w")
-    proc = subprocess.Popen([*RUN, "s.yaml"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            env=env())
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        lines = (tmp_path / "first.txt").read_text().splitlines()
-        if any(_epoch_reported(l.split()) for l in lines):
-            return proc
-        assert proc.poll() is None, (tmp_path / "first.txt").read_text()
-        time.sleep(0.3)
-    proc.kill()
-    pytest.fail("no epoch result within 180 s:\n" + (tmp_path / "first.txt").read_text())
-
-
-def _epoch_reported(cells: list) -> bool:
-    """A progress line ``elapsed trial <values> RUNNING k/N ...``: an epoch result."""
-    return "RUNNING" in cells and cells.index("RUNNING") + 1 < len(cells) and \
-        cells[cells.index("RUNNING") + 1][0].isdigit()
 
 
 def kill_9(proc) -> None:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.sweep.tune.test_sweep import REPO, env, runs, sweep, write
+from tests.support.sweeps import REPO, env, runs, sweep, write
 
 pytestmark = pytest.mark.slow
 

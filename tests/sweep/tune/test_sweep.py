@@ -4,52 +4,15 @@ files, each sweep a subprocess in its own working directory (ResNet-20 on a few 
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
-from mlflow import MlflowClient
 
-REPO = pathlib.Path(__file__).resolve().parents[3]
-RUN = [sys.executable, str(REPO / "run_sweep.py")]
+from tests.support.sweeps import REPO, runs, start_until_an_epoch, steps, store, sweep, write
 
 pytestmark = pytest.mark.slow
-
-
-def env():
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
-    e["PYTHONUNBUFFERED"] = "1"
-    return e
-
-
-def sweep(cwd, *args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([*RUN, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env())
-
-
-def write(folder: pathlib.Path, text: str, name: str = "s.yaml") -> pathlib.Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def store(cwd) -> MlflowClient:
-    uri = f"sqlite:///{cwd}/sweeps/mlflow.db"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def runs(client, name, role=None):
-    exp = client.get_experiment_by_name(name)
-    flt = f"tags.`sweep.role` = '{role}'" if role else ""
-    return exp, client.search_runs([exp.experiment_id], filter_string=flt, max_results=1000)
-
-
-def steps(client, run_id, key="val_acc"):
-    return [m.step for m in client.get_metric_history(run_id, key)]
 
 
 def assert_provenance(tags: dict) -> None:
@@ -123,23 +86,9 @@ stages:
 
 def test_kill_9_then_resume_finishes_every_trial_once(tmp_path):
     write(tmp_path, KILL)
-    log = open(tmp_path / "first.txt", "w")
-    proc = subprocess.Popen([*RUN, "s.yaml"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            env=env())
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:                   # an epoch result is in the table
-        lines = (tmp_path / "first.txt").read_text().splitlines()
-        if any(len(l.split()) >= 6 and l.split()[3] == "RUNNING" and l.split()[4][0].isdigit()
-               for l in lines):
-            break
-        assert proc.poll() is None, (tmp_path / "first.txt").read_text()
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("no epoch result within 180 s:\n" + (tmp_path / "first.txt").read_text())
+    proc = start_until_an_epoch(tmp_path)                # an epoch result is in the table
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    log.close()
 
     resumed = sweep(tmp_path, "s.yaml", "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.support.mlflow_server import start_mlflow_server, stop_mlflow_server
-from tests.sweep.tune.test_sweep import runs, steps, sweep, write
+from tests.support.sweeps import runs, steps, sweep, write
 
 pytestmark = pytest.mark.slow
 
