@@ -56,6 +56,15 @@ def _is_alpha(key: str) -> bool:
     return key.endswith(("act_alpha", "wgt_alpha", "weight_alpha"))
 
 
+DAMBQ_BITS_KEYS = ("weight_quant.bits", "act_quant.bits")   # a DAMBQ layer's per-channel bits
+
+
+def _is_quant_state(key: str) -> bool:
+    """A clipping threshold, or a DAMBQ layer's bits or weight clip: what a checkpoint of
+    another precision lacks or has in excess."""
+    return _is_alpha(key) or key.endswith((*DAMBQ_BITS_KEYS, "weight_quant.clip"))
+
+
 _FAMILY_KEYS = {"cifar": ".weight_quant.wgt_alpha", "imagenet": ".weight_alpha"}
 
 
@@ -100,13 +109,18 @@ def is_project_checkpoint(ckpt: dict) -> bool:
     return ckpt.get("format") == FORMAT
 
 
-def load_weights(model: nn.Module, state_dict: dict, path="checkpoint") -> dict:
+def load_weights(model: nn.Module, state_dict: dict, path="checkpoint", bits: bool = True) -> dict:
     """Load ``state_dict`` into ``model``: strict about names and shapes, lenient about alphas.
 
     Clipping thresholds the checkpoint lacks keep their initial values (a full-precision
     checkpoint starts a quantized model: progressive initialisation); thresholds the
-    model has no quantizer for are ignored. Returns what was left out, for reporting.
+    model has no quantizer for are ignored. DAMBQ's per-channel bits and weight clips are
+    treated the same way; with ``bits=False`` the checkpoint's bits are not loaded (the
+    model keeps its own: a ``train.init`` starts at its trial's ``quant.*`` bits).
+    Returns what was left out, for reporting.
     """
+    if not bits:
+        state_dict = {k: v for k, v in state_dict.items() if not k.endswith(DAMBQ_BITS_KEYS)}
     own = model.state_dict()
     ckpt_family = family_of(state_dict)
     model_family = getattr(getattr(model, "quant_policy", None), "family", None)
@@ -126,8 +140,8 @@ def load_weights(model: nn.Module, state_dict: dict, path="checkpoint") -> dict:
         mapped[key] = value
     unexpected = [k for k in mapped if k not in own]
     missing = [k for k in own if k not in mapped]
-    bad_unexpected = [k for k in unexpected if not _is_alpha(k)]
-    bad_missing = [k for k in missing if not _is_alpha(k)]
+    bad_unexpected = [k for k in unexpected if not _is_quant_state(k)]
+    bad_missing = [k for k in missing if not _is_quant_state(k)]
     shapes = [f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
               for k in mapped if k in own and tuple(mapped[k].shape) != tuple(own[k].shape)]
     problems = []

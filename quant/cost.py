@@ -12,7 +12,11 @@
 - ``bops``: the sum over every conv/linear layer of MACs x weight bits x input bits per
   image; the first and last layer's inputs are not quantized (32 bits).
 
-A full-precision layer counts 32 bits everywhere. Nothing here builds a model.
+A full-precision layer counts 32 bits everywhere. A DAMBQ layer's bits differ from channel
+to channel: given the ``model``, its layer counts its mean bits over output channels
+(weights) and over input channels (activations), which weighs each channel by its
+parameters or input elements (the BOPs of a layer, ``Σ_{co,ci} MACs/(Co·Ci) · w_co · a_ci``,
+are then exactly ``MACs · mean w · mean a``). Nothing here builds a model.
 """
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ class BitCost:
         return asdict(self)
 
 
-def layer_bits_of(policy, shape) -> dict:
-    """``{name: (w_bits, a_bits)}`` of every layer of ``shape`` under ``policy``."""
+def layer_bits_of(policy, shape, model=None) -> dict:
+    """``{name: (w_bits, a_bits)}`` of every layer of ``shape`` under ``policy``; with the
+    ``model``, its DAMBQ layers' mean bits (their bits as they are now)."""
     out = {}
     for name in shape.layers:
         if name in (shape.first, shape.last):
@@ -45,11 +50,18 @@ def layer_bits_of(policy, shape) -> dict:
         else:
             spec = policy.spec_for(name)
             out[name] = (spec.w_bits, spec.a_bits)
+    if model is not None:
+        from .dambq import mean_bits
+        for name, (w, a) in mean_bits(model).items():
+            if name in out:
+                out[name] = (out[name][0] if w is None else w, out[name][1] if a is None else a)
     return out
 
 
-def bit_cost(policy, shape) -> BitCost:
-    bits = layer_bits_of(policy, shape)
+def bit_cost(policy, shape, model=None) -> BitCost:
+    """The cost of ``policy`` over ``shape``; with the ``model``, of its DAMBQ layers'
+    current bits."""
+    bits = layer_bits_of(policy, shape, model)
     counted = [n for n in shape.layers if n not in (shape.first, shape.last)]
     w_total = sum(shape.layers[n].params for n in counted)
     a_total = sum(shape.layers[n].in_elems for n in counted)

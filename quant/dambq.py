@@ -1,25 +1,27 @@
-"""DAMBQ's building blocks (docs/quantization.md, "DAMBQ"): its multi-bit weight codes
-with the non-learned per-channel clip, its uniform activations with a learnable
-threshold and per-input-channel bits, and the loss-aware bit-width allocation (LBA)
-step. The rules are those of the reference code (``sijeh/DAMBQV2``); the constants below
-are copied from it.
+"""DAMBQ's quantizers (docs/quantization.md, "DAMBQ"): multi-bit weight codes with a
+non-learned clip per output channel, uniform activations with a learnable threshold and
+bits per input channel, and the per-channel errors its loss-aware bit allocation ranks
+(``quant.lba``). The rules are those of the reference code (``sijeh/DAMBQV2``,
+``model/quant_layers.py``); the constants below are copied from it.
 
 - Weight codes of ``b`` bits: every ``±a1 ± ... ± ab`` with ``ALPHA_W[b]`` (``Σa = 1``,
   no zero level); 0 bits is the single code 0 (the channel is pruned).
-- Weight clip of a channel: ``CLIP_W[b] · mean|w_c|``, set by the first training forward
+- Weight clip of a group (an output channel, or the whole layer): ``CLIP_W[b] · mean|w|``
+  over the group, set by the first training forward after the model is built or loaded
   and then kept as an exponential moving average (``EMA_DECAY``) over training forwards;
-  not learned. A weight is ``clip · nearest code of clamp(w / (clip + EPS), -1, 1)``,
+  a buffer, not learned. A weight is ``clip · nearest code of clamp(w / (clip + EPS), -1, 1)``,
   with a straight-through gradient.
 - Activations: ``round(clamp(x / α, 0, 1) · (2^b − 1)) · α / (2^b − 1)``, ``α``
-  learnable (initially 3.0), one ``b`` per input channel; 0 bits gives 0.
-- LBA: per channel, ``|Σ (w − w_q) · ∂L/∂w_q| / n_c`` (weights) and
-  ``|Σ (x − x_q) · ∂L/∂x_q| / (N·H·W)`` (activations) accumulate over an epoch's
-  iterations; at the epoch's end, while the average bits are above the target plus a
-  margin, the fraction ``r = 0.01 + (range − 0.01) · (epoch − start) / (end − start)`` of
-  all channels (ranked across layers) with the smallest error lose one bit; bits only
-  decrease, never below 0.
+  learnable (initially 3.0, one per layer), ``b`` per input channel (or one per layer);
+  0 bits gives 0.
+- Errors (while a quantizer's ``record`` is on, over training backward passes): per
+  group ``|Σ (w − w_q) · ∂L/∂w_q| / n`` (weights) and ``|Σ (x − x_q) · ∂L/∂x_q| / n``
+  (activations, summed over the batch and the pixels), ``n`` the group's elements in
+  that tensor.
 
-Nothing here is wired into ``QuantPolicy`` yet (no ``quant.scheme: dambq``).
+The bits, the clip and the activation threshold are in the state dict
+(``<layer>.weight_quant.bits``, ``<layer>.weight_quant.clip``, ``<layer>.act_quant.bits``,
+``<layer>.act_quant.act_alpha``); the errors and whether the clip was set are not.
 """
 from __future__ import annotations
 
@@ -28,20 +30,21 @@ import itertools
 import torch
 from torch import nn
 
-__all__ = ["ALPHA_W", "CLIP_W", "EMA_DECAY", "EPS", "MAX_BITS", "LBA_MARGIN", "dambq_codes",
-           "quantize_weight", "quantize_act", "DambqWeightQuantizer", "DambqActQuantizer",
-           "weight_error", "act_error", "lba_ratio", "lba_lower"]
+from .levels import DAMBQ_MAX_BITS as MAX_BITS
+
+__all__ = ["ALPHA_W", "CLIP_W", "EMA_DECAY", "EPS", "MAX_BITS", "ACT_ALPHA_INIT", "dambq_codes",
+           "quantize_weight", "quantize_act", "weight_error", "act_error", "DambqWeightQuantizer",
+           "DambqActQuantizer", "dambq_layers", "mean_bits"]
 
 ALPHA_W = ((0.0, 0.0, 0.0, 0.0),
            (1.0, 0.0, 0.0, 0.0),
            (0.6123, 0.3877, 0.0, 0.0),
            (0.4557, 0.3436, 0.2007, 0.0),
            (0.3317, 0.2858, 0.2346, 0.1479))
-CLIP_W = (0.5, 0.98, 2.6, 4.16, 5.66)          # clip = CLIP_W[bits] * mean|w_c|
+CLIP_W = (0.5, 0.98, 2.6, 4.16, 5.66)          # clip = CLIP_W[bits] * mean|w|
 EMA_DECAY = 0.99
 EPS = 1e-6
-MAX_BITS = 4
-LBA_MARGIN = 0.07                               # LBA stops at target + margin
+ACT_ALPHA_INIT = 3.0
 
 
 def _table() -> torch.Tensor:
@@ -60,20 +63,33 @@ def dambq_codes(bits: int) -> list[float]:
     return sorted({round(v, 6) for v in _CODES[bits].tolist()})
 
 
-def quantize_weight(w: torch.Tensor, clip: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """Per output channel: ``clip[c] · nearest code of bits[c]`` (straight-through
-    gradient through the clamp)."""
-    c = w.shape[0]
-    x = torch.clamp(w / (clip.view(-1, *([1] * (w.dim() - 1))) + EPS), -1, 1)
-    codes = _CODES.to(w.device, w.dtype).index_select(0, bits.to(w.device))     # (C, 16)
-    flat = x.reshape(c, 1, -1)
-    idx = (flat - codes.view(c, -1, 1)).abs().argmin(dim=1)                    # (C, n)
-    hard = torch.gather(codes, 1, idx).view_as(x)
-    return ((hard - x).detach() + x) * clip.view(-1, *([1] * (w.dim() - 1)))
+def _per_group(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A (groups,) tensor shaped to broadcast over a weight of ``ndim`` dimensions."""
+    return t.view(-1, *([1] * (ndim - 1)))
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def quantize_weight(w: torch.Tensor, clip: torch.Tensor, bits: torch.Tensor,
+                    codes: torch.Tensor | None = None) -> torch.Tensor:
+    """Per group (``len(bits)`` groups along dimension 0: output channels, or 1 for the
+    whole layer): ``clip · nearest code of bits`` (straight-through gradient through the
+    clamp). ``codes``: the code table on ``w``'s device (default: built here)."""
+    groups = bits.numel()
+    table = (_CODES if codes is None else codes).to(w.device, w.dtype)
+    c = _per_group(clip, w.dim())
+    x = torch.clamp(w / (c + EPS), -1, 1)
+    sets = table.index_select(0, bits.to(w.device))                       # (groups, 16)
+    idx = (x.reshape(groups, 1, -1) - sets.unsqueeze(-1)).abs().argmin(dim=1)
+    hard = torch.gather(sets, 1, idx).view_as(x)
+    return ((hard - x).detach() + x) * c
 
 
 def quantize_act(x: torch.Tensor, alpha: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """Uniform, per input channel (dimension 1): bits 0 gives 0."""
+    """Uniform, bits per input channel (dimension 1; one value: the whole layer); 0 bits
+    gives 0."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
     scale = (2.0 ** bits.to(x.device, x.dtype) - 1).view(shape)
     y = torch.clamp(x / (alpha + EPS), 0, 1) * scale
@@ -81,66 +97,100 @@ def quantize_act(x: torch.Tensor, alpha: torch.Tensor, bits: torch.Tensor) -> to
     return y * alpha / (scale + EPS)
 
 
-class DambqWeightQuantizer(nn.Module):
-    """Multi-bit codes per output channel; the clip is a buffer (EMA of
-    ``CLIP_W[b] · mean|w_c|`` over training forwards)."""
+def weight_error(w: torch.Tensor, w_q: torch.Tensor, grad_w_q: torch.Tensor, groups: int) -> torch.Tensor:
+    """Per group of dimension 0 ``|Σ (w − w_q) · ∂L/∂w_q| / n_group``."""
+    prod = ((w - w_q) * grad_w_q).reshape(groups, -1)
+    return prod.sum(dim=1).abs() / prod.shape[1]
 
-    def __init__(self, channels: int, bits: int = MAX_BITS):
+
+def act_error(x: torch.Tensor, x_q: torch.Tensor, grad_x_q: torch.Tensor, groups: int) -> torch.Tensor:
+    """Per group of dimension 1 (input channels, or one for the layer)
+    ``|Σ_{N,(C),H,W} (x − x_q) · ∂L/∂x_q| / n_group``."""
+    prod = ((x - x_q) * grad_x_q).transpose(0, 1).reshape(groups, -1)
+    return prod.sum(dim=1).abs() / prod.shape[1]
+
+
+class _Recording(nn.Module):
+    """Bits per group and the error accumulated over training backward passes while
+    ``record`` is on (``quant.lba`` turns it on and reads ``err``)."""
+
+    def __init__(self, groups: int, bits: int):
         super().__init__()
-        self.register_buffer("bits", torch.full((channels,), bits, dtype=torch.long))
-        self.register_buffer("clip", torch.ones(channels))
-        self.register_buffer("clip_set", torch.tensor(False))
+        self.register_buffer("bits", torch.full((groups,), bits, dtype=torch.long))
+        self.register_buffer("err", torch.zeros(groups), persistent=False)
+        self.record = False
+
+    def _watch(self, out: torch.Tensor, ref: torch.Tensor, error) -> None:
+        if not (self.record and self.training and out.requires_grad):
+            return
+        ref_d, out_d, groups = ref.detach(), out.detach(), self.bits.numel()
+
+        def hook(grad):
+            self.err.add_(error(ref_d, out_d, grad, groups))
+        out.register_hook(hook)
+
+    def extra_repr(self) -> str:
+        b = self.bits.float()
+        return f"groups={self.bits.numel()}, bits mean={float(b.mean()):.3g} min={int(b.min())} max={int(b.max())}"
+
+
+class DambqWeightQuantizer(_Recording):
+    """Multi-bit codes per group (output channel, or the layer); the clip is a buffer (EMA
+    of ``CLIP_W[b] · mean|w|`` over training forwards)."""
+
+    def __init__(self, groups: int, bits: int = MAX_BITS):
+        super().__init__(groups, bits)
+        self.register_buffer("clip", torch.ones(groups))
+        # whether a training forward has set the clip since the model was built or loaded
+        # (the reference's ``init`` flag: not saved, so a loaded model resets it once)
+        self.register_buffer("clip_set", torch.tensor(False), persistent=False)
+        self.register_buffer("clip_w", torch.tensor(CLIP_W), persistent=False)
+        self.register_buffer("codes", _CODES.clone(), persistent=False)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w = _float32(w)
         if self.training:
             with torch.no_grad():
-                mean_abs = w.abs().reshape(w.shape[0], -1).mean(dim=1)
-                current = torch.tensor(CLIP_W, device=w.device, dtype=w.dtype)[self.bits] * mean_abs
-                if bool(self.clip_set):
-                    self.clip.mul_(EMA_DECAY).add_((1 - EMA_DECAY) * current)
-                else:
-                    self.clip.copy_(current)
-                    self.clip_set.fill_(True)
-        return quantize_weight(w, self.clip, self.bits)
+                current = self.clip_w[self.bits] * w.abs().reshape(self.bits.numel(), -1).mean(dim=1)
+                ema = EMA_DECAY * self.clip + (1 - EMA_DECAY) * current
+                self.clip.copy_(torch.where(self.clip_set, ema, current))
+                self.clip_set.fill_(True)
+        out = quantize_weight(w, self.clip, self.bits, self.codes)
+        self._watch(out, w, weight_error)
+        return out
 
 
-class DambqActQuantizer(nn.Module):
-    """Uniform activations, one learnable threshold per layer, bits per input channel."""
+class DambqActQuantizer(_Recording):
+    """Uniform activations, one learnable threshold ``act_alpha`` per layer, bits per
+    group (input channel, or the layer)."""
 
-    def __init__(self, channels: int, bits: int = MAX_BITS, alpha: float = 3.0):
-        super().__init__()
+    def __init__(self, groups: int, bits: int = MAX_BITS, alpha: float = ACT_ALPHA_INIT):
+        super().__init__(groups, bits)
         self.act_alpha = nn.Parameter(torch.tensor(float(alpha)))
-        self.register_buffer("bits", torch.full((channels,), bits, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantize_act(x, self.act_alpha, self.bits)
+        x = _float32(x)
+        out = quantize_act(x, self.act_alpha, self.bits)
+        self._watch(out, x, act_error)
+        return out
 
 
-# ------------------------------------------------------------------------------ LBA
-
-def weight_error(w: torch.Tensor, w_q: torch.Tensor, grad_w_q: torch.Tensor) -> torch.Tensor:
-    """Per output channel ``|Σ (w − w_q) · ∂L/∂w_q| / n_c``."""
-    prod = ((w - w_q) * grad_w_q).reshape(w.shape[0], -1)
-    return prod.sum(dim=1).abs() / prod.shape[1]
-
-
-def act_error(x: torch.Tensor, x_q: torch.Tensor, grad_x_q: torch.Tensor) -> torch.Tensor:
-    """Per input channel ``|Σ_{N,H,W} (x − x_q) · ∂L/∂x_q| / (N·H·W)``."""
-    prod = ((x - x_q) * grad_x_q).transpose(0, 1).reshape(x.shape[1], -1)
-    return prod.sum(dim=1).abs() / prod.shape[1]
+def dambq_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every layer with a DAMBQ weight or activation quantizer, in
+    model order."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(getattr(m, "weight_quant", None), DambqWeightQuantizer)
+            or isinstance(getattr(m, "act_quant", None), DambqActQuantizer)]
 
 
-def lba_ratio(epoch: int, start: int = 0, end: int = 150, ratio_range: float = 0.3) -> float:
-    """The fraction of channels lowered at the end of ``epoch``."""
-    return (ratio_range - 0.01) * (epoch - start) / (end - start) + 0.01
-
-
-def lba_lower(errors: torch.Tensor, bits: torch.Tensor, ratio: float) -> torch.Tensor:
-    """New bits: the ``int(n · ratio)`` channels with the smallest accumulated error (all
-    layers' channels concatenated) lose one bit, never below 0."""
-    k = int(len(errors) * ratio)
-    out = bits.clone()
-    if k:
-        idx = torch.topk(errors, k, largest=False).indices
-        out[idx] -= 1
-    return out.clamp(min=0)
+def mean_bits(model: nn.Module) -> dict[str, tuple[float | None, float | None]]:
+    """``{layer: (mean weight bits, mean activation bits)}`` of the DAMBQ layers (None
+    where that side is not DAMBQ). The mean over output channels is the layer's weight
+    bits weighted by parameter count, the mean over input channels its activation bits
+    weighted by input elements: every channel holds as many of either."""
+    out = {}
+    for name, layer in dambq_layers(model):
+        sides = (getattr(layer, "weight_quant", None), getattr(layer, "act_quant", None))
+        out[name] = tuple(float(q.bits.float().mean()) if isinstance(q, _Recording) else None
+                          for q in sides)
+    return out

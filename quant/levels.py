@@ -18,9 +18,10 @@ import math
 
 import numpy as np
 
-SCHEMES = ("apot", "pot", "uniform", "ngrid")
+SCHEMES = ("apot", "pot", "uniform", "ngrid", "dambq")
 WEIGHT_BITS = (1, 2, 3, 4, 5)   # 1 = binary weights, for per-layer bit allocation only
 ACT_BITS = (2, 3, 4, 5)
+DAMBQ_MAX_BITS = 4              # dambq's codes exist for 0..4 bits (quant.dambq); 0 only by LBA
 FULL_PRECISION = 32
 
 # Additive base sets of APoT, per magnitude-bit count B: exponents k of the terms 2^-k.
@@ -71,6 +72,9 @@ def check_weight(bits: int, scheme: str, z: float | None = None) -> None:
                 f"scheme 'ngrid' is a 2-bit weight grid; got w_bits={bits}. "
                 "Use w_bits: 2 with ngrid, or another scheme (apot, pot, uniform)")
         check_z(z)
+    elif scheme == "dambq" and bits > DAMBQ_MAX_BITS:
+        raise QuantConfigError(f"scheme 'dambq' has weight codes of 1 to {DAMBQ_MAX_BITS} bits; "
+                               f"got w_bits={bits}")
     elif z is not None:
         raise z_without_ngrid(z, scheme)
 
@@ -103,10 +107,14 @@ def check_act(bits: int, scheme: str) -> None:
         raise QuantConfigError(
             f"a_bits={bits!r} is not supported; activations take {_fmt(ACT_BITS)} bits "
             f"or {FULL_PRECISION} (full precision)")
+    if scheme == "dambq" and bits > DAMBQ_MAX_BITS:
+        raise QuantConfigError(f"act_scheme 'dambq' takes 2 to {DAMBQ_MAX_BITS} activation bits; "
+                               f"got a_bits={bits}")
 
 
 def default_act_scheme(scheme: str) -> str:
-    """Activations follow the weight scheme, except ngrid (weight-only), whose default is apot."""
+    """Activations follow the weight scheme, except ngrid (weight-only), whose default is apot
+    (dambq's activations are its own uniform rule, ``quant.dambq``)."""
     return "apot" if scheme == "ngrid" else scheme
 
 
@@ -125,6 +133,9 @@ def magnitude_levels(B: int, scheme: str, z: float | None = None) -> tuple[float
     ``apot``: the additive sums; ``ngrid`` (B = 1): {2^-Z, 1}; B = 0: {1}.
     ``LevelSet`` divides pot and apot by their maximum the reference's way.
     """
+    if scheme == "dambq":
+        raise QuantConfigError("scheme 'dambq' has no level set here: its per-channel codes are "
+                               "quant.dambq's")
     if B == 0:
         return (1.0,)  # binary weights: sign times alpha
     if scheme == "ngrid":

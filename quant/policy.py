@@ -2,9 +2,11 @@
 
 A ``QuantPolicy`` holds the model-wide settings (``quant.w_bits``, ``quant.a_bits``,
 ``quant.scheme``, ``quant.act_scheme``, ``quant.family``, ``quant.z``,
-``quant.first_last_bits``, ``quant.alpha_grad_scale``) and the
+``quant.first_last_bits``, ``quant.alpha_grad_scale``, ``quant.granularity``), the
 per-layer overrides of ``quant.layers``: globs on module names mapped to ``w_bits``,
-``a_bits``, ``scheme``, ``act_scheme``; the last matching pattern wins, key by key.
+``a_bits``, ``scheme``, ``act_scheme``; the last matching pattern wins, key by key; the
+average-bit ``quant.budget``; and ``quant.allocation`` (``Allocation``), the bit
+allocation a training runs (DAMBQ's LBA, ``quant.lba``).
 
 ``quantize_model(model, policy)`` swaps every ``nn.Conv2d`` / ``nn.Linear`` for its
 quantized counterpart, by fully-qualified name, like torchao's ``quantize_``. The
@@ -24,10 +26,13 @@ from .cost import BUDGET_KEYS
 from .layers import QuantConv2d, QuantLinear
 from .levels import (FULL_PRECISION, QuantConfigError, check_act, check_scheme, check_weight,
                      check_z, default_act_scheme, z_without_ngrid)
+from .dambq import DambqActQuantizer, DambqWeightQuantizer
 from .quantizers import ActQuantizer, FixedPointWeight, WeightQuantizer
 
 FAMILIES = ("cifar", "imagenet")    # the reference's two quantized-conv families
 LAYER_KEYS = ("w_bits", "a_bits", "scheme", "act_scheme")   # what a quant.layers entry may set
+GRANULARITIES = ("channel", "layer")   # dambq: bits and clip per channel, or one per layer
+ALLOCATION_METHODS = ("none", "lba")
 
 
 @dataclass(frozen=True)
@@ -117,12 +122,104 @@ def _budget(budget):
     return out or None
 
 
+def _granularity(name):
+    if name not in GRANULARITIES:
+        raise QuantConfigError(f"unknown granularity {name!r}; expected one of: {', '.join(GRANULARITIES)}")
+    return name
+
+
+def _method(name):
+    if name not in ALLOCATION_METHODS:
+        raise QuantConfigError(f"unknown allocation method {name!r}; expected one of: "
+                               f"{', '.join(ALLOCATION_METHODS)}")
+    return name
+
+
+def _number(x, what: str, lo: float, hi: float | None = None, lo_open: bool = False):
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x < lo or (lo_open and x == lo) \
+            or (hi is not None and x > hi):
+        span = f"in {'(' if lo_open else '['}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
+        raise QuantConfigError(f"{what} must be a number {span}, got {x!r}")
+    return float(x)
+
+
+def _ratio(x):
+    return _number(x, "the fraction of channels lowered at an epoch's end", 0.0, 1.0)
+
+
+def _schedule_epochs(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise QuantConfigError(f"schedule_epochs must be an integer >= 1 (LBA lowers bits at the end "
+                               f"of 0-based epochs 0 to schedule_epochs), got {n!r}")
+    return n
+
+
+def _margin(x):
+    return _number(x, "margin (average bits allowed above the budget)", 0.0)
+
+
 def _key(default, kind, check, null=False):
     """A ``quant.*`` key: its default, which values it parses to (``int``, ``float``, ``any``:
     also which search distributions fit it), its check, and whether ``None`` is allowed. The
     configuration derives its ``quant.*`` keys from these (``sweep.config.keys``): each key
     is declared only here."""
     return field(default=default, metadata={"kind": kind, "check": check, "null": null})
+
+
+def _check_fields(obj) -> None:
+    """Check and normalise every field of a frozen dataclass declared with ``_key``
+    (errors name the field in ``QuantConfigError.key``)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is not None or not f.metadata["null"]:
+            try:
+                object.__setattr__(obj, f.name, f.metadata["check"](value))
+            except QuantConfigError as exc:
+                raise QuantConfigError(str(exc), exc.key or f.name) from None
+
+
+def _from_dict(cls, d: dict | None, what: str):
+    d = dict(d or {})
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise QuantConfigError(f"unknown {what} key(s) {', '.join(unknown)}; allowed: "
+                               f"{', '.join(f.name for f in dataclasses.fields(cls))}", unknown[0])
+    return cls(**d)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The ``quant.allocation`` section: a bit allocation run during training, lowering the
+    bits of DAMBQ channels towards ``quant.budget`` (``quant.lba``). ``method: none`` (the
+    default) allocates nothing; ``lba`` is DAMBQ's loss-aware allocation with its
+    reference's schedule as defaults (``quant.lba.lba_ratio``)."""
+    method: str = _key("none", "any", _method)
+    ratio_start: float = _key(0.01, "float", _ratio)      # fraction lowered after epoch 0
+    ratio_end: float = _key(0.30, "float", _ratio)        # ... after epoch schedule_epochs
+    schedule_epochs: int = _key(150, "int", _schedule_epochs)   # lowering in epochs 0..this
+    margin: float = _key(0.07, "float", _margin)          # stop at budget + margin
+
+    def __post_init__(self):
+        _check_fields(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Allocation":
+        return _from_dict(cls, d, "allocation")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _allocation(value):
+    """``quant.allocation`` as a mapping (the YAML's, a checkpoint's) or an ``Allocation``."""
+    if isinstance(value, Allocation):
+        return value
+    if value is not None and not isinstance(value, dict):
+        raise QuantConfigError(f"expected a mapping such as {{method: lba}}, got {value!r}")
+    try:
+        return Allocation.from_dict(value)
+    except QuantConfigError as exc:
+        raise QuantConfigError(str(exc), f"allocation.{exc.key}" if exc.key else "allocation") from None
 
 
 @dataclass(frozen=True)
@@ -141,16 +238,24 @@ class QuantPolicy:
     # {avg_w_bits, avg_a_bits}: the most average bits a trial may have (quant.cost); the
     # averages need the architecture's layer shapes, so the configuration checks them
     budget: dict | None = _key(None, "budget", _budget, null=True)
+    # dambq only: bits and clip per channel (default) or one per layer; None: the scheme's own
+    granularity: str | None = _key(None, "any", _granularity, null=True)
+    # a sub-section (its keys are quant.allocation.*); with method lba, budget is its target
+    allocation: Allocation = field(default=Allocation(), metadata={
+        "section": Allocation, "kind": "section", "check": _allocation, "null": False})
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None or not f.metadata["null"]:
-                try:
-                    object.__setattr__(self, f.name, f.metadata["check"](value))
-                except QuantConfigError as exc:
-                    raise QuantConfigError(str(exc), exc.key or f.name) from None
+        _check_fields(self)
         self._check_combinations()
+
+    @property
+    def start_budget(self) -> dict | None:
+        """The budget a configuration must meet before it is trained: ``budget``, or None
+        when an allocation lowers the bits to it during training."""
+        return self.budget if self.allocation.method == "none" else None
+
+    def _uses_dambq(self) -> bool:
+        return self.scheme == "dambq" or any(e.get("scheme") == "dambq" for _, e in self.layers)
 
     def _check_combinations(self):
         w, a, scheme, z = self.w_bits, self.a_bits, self.scheme, self.z
@@ -165,6 +270,17 @@ class QuantPolicy:
         if w == 1:
             raise QuantConfigError("w_bits=1 (binary weights) is for per-layer bit allocation only: "
                                    "set it on layers in quant.layers", "w_bits")
+        _dambq_pair(scheme, self.act_scheme, "act_scheme" if self.act_scheme else "scheme")
+        for glob, entry in self.layers:
+            ls = entry.get("scheme", scheme)
+            las = entry.get("act_scheme") or self.act_scheme          # as spec_for
+            own = "act_scheme" if entry.get("act_scheme") else "scheme"
+            if "scheme" in entry or "act_scheme" in entry:
+                _dambq_pair(ls, las, f"layers.{glob}.{own}")
+        if self.granularity is not None and not self._uses_dambq():
+            raise QuantConfigError(f"granularity applies to scheme 'dambq' only (quant.scheme is "
+                                   f"{scheme!r}); remove quant.granularity", "granularity")
+        self._check_allocation()
         check("z" if scheme == "ngrid" and w == 2 else "w_bits", check_weight, w, scheme,
               z if scheme == "ngrid" else None)
         check("act_scheme" if self.act_scheme else "a_bits", check_act, a, act)
@@ -181,25 +297,34 @@ class QuantPolicy:
         if z is not None and scheme != "ngrid" and not any(e.get("scheme") == "ngrid" for _, e in self.layers):
             raise z_without_ngrid(z, scheme)
 
+    def _check_allocation(self):
+        if self.allocation.method == "none":
+            return
+        if not self.budget:
+            raise QuantConfigError(f"allocation method {self.allocation.method!r} lowers the bits to "
+                                   "quant.budget; set it, e.g. quant.budget: {avg_w_bits: 2.0, "
+                                   "avg_a_bits: 2.0}", "allocation.method")
+        quantized = self.w_bits != FULL_PRECISION or self.a_bits != FULL_PRECISION or self.layers
+        if not (self._uses_dambq() and quantized):
+            raise QuantConfigError(f"allocation method {self.allocation.method!r} lowers the bits of "
+                                   "DAMBQ channels; use quant.scheme: dambq with w_bits/a_bits of 2 "
+                                   "to 4 (every channel starts there)", "allocation.method")
+
     @classmethod
     def from_dict(cls, d: dict | None) -> "QuantPolicy":
         """The policy of a ``quant`` mapping: the YAML section, ``to_dict()``, or the ``quant``
-        entry of a project checkpoint (``layers`` as a mapping or as ``[[glob, {...}], ...]``);
-        missing keys take their defaults."""
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise QuantConfigError(f"unknown quant key(s) {', '.join(unknown)}; allowed: "
-                                   f"{', '.join(f.name for f in dataclasses.fields(cls))}", unknown[0])
-        return cls(**d)
+        entry of a project checkpoint (``layers`` as a mapping or as ``[[glob, {...}], ...]``,
+        ``allocation`` as a mapping); missing keys take their defaults."""
+        return _from_dict(cls, d, "quant")
 
     def to_dict(self, layer_pairs: bool = False) -> dict:
         """Plain values by key; ``layers`` as ``{glob: {...}}`` (the YAML's shape), or with
         ``layer_pairs`` as ``[[glob, {...}], ...]`` (a checkpoint's: the order survives any
-        serialiser)."""
+        serialiser); ``allocation`` as a mapping."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["layers"] = ([[g, dict(o)] for g, o in self.layers] if layer_pairs
                          else {g: dict(o) for g, o in self.layers})
+        out["allocation"] = self.allocation.to_dict()
         return out
 
     def spec_for(self, name: str) -> LayerSpec:
@@ -226,8 +351,23 @@ class QuantPolicy:
         return (sum(s.w_bits for s in specs) / len(specs), sum(s.a_bits for s in specs) / len(specs))
 
 
-def _quantizers(spec: LayerSpec, family: str, grad_scale: float | None):
-    kw = dict(family=family, grad_scale=grad_scale)
+def _dambq_pair(scheme: str, act_scheme: str | None, key: str) -> None:
+    """DAMBQ's weights and activations go together (``act_scheme`` None: from ``scheme``)."""
+    if (scheme == "dambq") != ((act_scheme or default_act_scheme(scheme)) == "dambq"):
+        raise QuantConfigError(f"scheme {scheme!r} with act_scheme {act_scheme!r}: DAMBQ quantizes "
+                               "weights and activations together; use scheme: dambq with act_scheme "
+                               "dambq (or null), or neither", key)
+
+
+def _quantizers(spec: LayerSpec, module: nn.Module, policy: "QuantPolicy"):
+    if spec.scheme == "dambq":
+        per_channel = (policy.granularity or "channel") == "channel"
+        out = getattr(module, "out_channels", None) or module.out_features
+        inp = getattr(module, "in_channels", None) or module.in_features
+        wq = None if spec.w_bits == FULL_PRECISION else DambqWeightQuantizer(out if per_channel else 1, spec.w_bits)
+        aq = None if spec.a_bits == FULL_PRECISION else DambqActQuantizer(inp if per_channel else 1, spec.a_bits)
+        return wq, aq
+    kw = dict(family=policy.family or "cifar", grad_scale=policy.alpha_grad_scale)
     wq = None if spec.w_bits == FULL_PRECISION else WeightQuantizer(spec.w_bits, spec.scheme, spec.z, **kw)
     aq = None if spec.a_bits == FULL_PRECISION else ActQuantizer(spec.a_bits, spec.act_scheme, **kw)
     return wq, aq
@@ -275,7 +415,7 @@ def quantize_model(model: nn.Module, policy: QuantPolicy) -> nn.Module:
             spec = policy.spec_for(name)
             if not spec.quantized:
                 continue
-            wq, aq = _quantizers(spec, policy.family or "cifar", policy.alpha_grad_scale)
+            wq, aq = _quantizers(spec, module, policy)
             new = cls.from_float(module, weight_quantizer=wq, act_quantizer=aq)
         _set_module(model, name, new)
     model.quant_policy = policy
@@ -283,12 +423,13 @@ def quantize_model(model: nn.Module, policy: QuantPolicy) -> nn.Module:
 
 
 def alphas(model: nn.Module) -> dict[str, float]:
-    """Every clipping threshold, named ``weight/<layer>`` and ``act/<layer>``."""
+    """Every learned clipping threshold, named ``weight/<layer>`` and ``act/<layer>`` (a
+    DAMBQ layer's weight clip is a per-channel buffer, not learned, and not listed)."""
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, WeightQuantizer):
             out[f"weight/{name.rsplit('.weight_quant', 1)[0]}"] = float(m.wgt_alpha.detach())
-        elif isinstance(m, ActQuantizer):
+        elif isinstance(m, (ActQuantizer, DambqActQuantizer)):
             out[f"act/{name.rsplit('.act_quant', 1)[0]}"] = float(m.act_alpha.detach())
     return out
 

@@ -1,5 +1,6 @@
 """Score a checkpoint and print its average bits, weight size and BOPs (``quant.cost``, for
-the dataset's image size) and every layer's clipping thresholds.
+the dataset's image size), every layer's clipping thresholds, and a DAMBQ model's mean
+bits per layer (its per-channel bits are in the checkpoint).
 
     python -m sweep.evaluate CHECKPOINT [--dataset NAME --data-root DIR | --data-path FILE]
                              [--arch A --w-bits N --a-bits N --scheme S [--z Z]] [--json]
@@ -25,6 +26,7 @@ import torch
 import quant
 from models.checkpoint import (CheckpointError, family_of, is_project_checkpoint, load_weights,
                                model_of, policy_of, read_checkpoint)
+from quant.dambq import mean_bits
 from sweep.train.bits import model_cost
 from sweep.train.data import DataError, load_data
 from sweep.train.evaluate import evaluate_model
@@ -113,12 +115,14 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     alphas = quant.alphas(model)
     cost, _ = model_cost(model, bundle.image_size)
+    dambq = mean_bits(model)
     out = {"checkpoint": str(args.checkpoint), "file": str(path), "dataset": bundle.name,
            "split": args.split,
            "accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
            "loss": result["loss"], "alphas": alphas, "arch": model.arch,
            "quant": policy.to_dict(), **cost.as_dict(), "image_size": list(bundle.image_size),
-           "missing_alphas": info["missing_alphas"], "seconds": round(seconds, 3)}
+           "missing_alphas": info["missing_alphas"], "seconds": round(seconds, 3),
+           "dambq_mean_bits": {n: {"w_bits": w, "a_bits": a} for n, (w, a) in dambq.items()}}
     if args.json:
         print(json.dumps(out))
         return 0
@@ -141,6 +145,11 @@ def main(argv=None) -> int:
             w, a = alphas.get(f"weight/{name}"), alphas.get(f"act/{name}")
             fmt = lambda v: f"{v:.4f}" if v is not None else "-"
             print(f"  {name:28s} {fmt(w):>12s} {fmt(a):>10s}")
+    if dambq:
+        print(f"  {'DAMBQ layer':28s} {'mean w bits':>12s} {'mean a bits':>11s}")
+        for name, (w, a) in dambq.items():
+            fmt = lambda v: f"{v:.3f}" if v is not None else "-"
+            print(f"  {name:28s} {fmt(w):>12s} {fmt(a):>11s}")
     return 0
 
 

@@ -43,6 +43,8 @@ def _fmt(m: dict) -> str:
     parts.append(f"val loss {m['val_loss']:.4f} acc {m['val_acc']:6.2f}%")
     if "test_acc" in m:
         parts.append(f"test acc {m['test_acc']:6.2f}%")
+    if "bits/avg_w_bits" in m:
+        parts.append(f"bits w {m['bits/avg_w_bits']:.3f} a {m['bits/avg_a_bits']:.3f}")
     parts.append(f"lr {m['lr']:.4g}  {m['epoch_time_s']:.1f} s")
     return "  ".join(parts) + ("  *best" if m.get("is_best") else "")
 
@@ -107,8 +109,13 @@ def main(argv=None) -> int:
     if best:
         print(f"best {search.metric} {best[search.metric]:.4g} at epoch {best['epoch']}; "
               f"last {last[search.metric]:.4g} at epoch {last['epoch']}")
-    print(f"checkpoints: {out / 'best.pt'}  {out / 'last.pt'}")
-    print(f"evaluate:    python -m sweep.evaluate {out / 'best.pt'}")
+    elif trainer.allocator is not None:
+        print(f"warning: the bit allocation ended at avg_w_bits {last['bits/avg_w_bits']:.3f}, "
+              f"avg_a_bits {last['bits/avg_a_bits']:.3f}, above its target (quant.budget + margin "
+              f"{cfg.quant.allocation.margin:g}), so no epoch counts as best; give it more epochs or a "
+              "larger quant.allocation.ratio_end", file=sys.stderr)
+    print(f"checkpoints: {out / 'best.pt' if best else '(no best)'}  {out / 'last.pt'}")
+    print(f"evaluate:    python -m sweep.evaluate {out / ('best.pt' if best else 'last.pt')}")
     return 0
 
 

@@ -5,7 +5,9 @@ A key is left out when it cannot change what the trial does: ``null`` (the datas
 the model's own default), the ``data.synthetic.*`` sizes of a non-synthetic dataset,
 ``data.path`` of a torchvision dataset and ``data.root`` of a file, ``data.split_seed``
 without a validation split, ``train.milestones``/``train.gamma`` off the step schedule,
-and the alpha settings of a model with no quantized layer.
+the alpha settings of a model with no quantized layer or only DAMBQ layers (whose one
+threshold per layer trains with ``train.lr``), and ``quant.allocation.*`` when no
+allocation runs.
 """
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ def _applies(key: str, cfg: TrialConfig) -> bool:
     if key in ("train.milestones", "train.gamma"):
         return t.schedule == "step"
     if key in _ALPHA_KEYS:
-        return not (is_full_precision(q.w_bits, q.a_bits) and not q.layers)
+        return not (is_full_precision(q.w_bits, q.a_bits) and not q.layers) and \
+            (q.scheme != "dambq" or bool(q.layers))
+    if key.startswith("quant.allocation."):
+        return q.allocation.method != "none"
     return True
 
 

@@ -12,6 +12,10 @@ counted). Here:
 - ``draw_within_budget``: the trials of a random (or grid) search drawn in the driver,
   seeded, every draw over the budget rejected and drawn again, and counted.
 
+With ``quant.allocation`` (LBA) the budget is the target the training lowers the bits
+to, not a bound on the starting configuration (``QuantPolicy.start_budget``): such a
+trial is never over it here.
+
 Imports no Ray or MLflow.
 """
 from __future__ import annotations
@@ -47,7 +51,7 @@ def _over(excess: dict) -> bool:
 
 def over_budget(policy, arch: str) -> str | None:
     cost = arch_cost(policy, arch)
-    excess = budget_excess(cost, policy.budget)
+    excess = budget_excess(cost, policy.start_budget)
     if not _over(excess):
         return None
     limits = ", ".join(f"{k} {v:g}" for k, v in policy.budget.items())
@@ -60,7 +64,7 @@ def tree_cost(tree: dict) -> tuple[BitCost, dict]:
     from sweep.config.trial import resolve_trial
     cfg = resolve_trial(tree, check_budget=False)
     cost = arch_cost(cfg.quant, cfg.model.arch)
-    return cost, budget_excess(cost, cfg.quant.budget)
+    return cost, budget_excess(cost, cfg.quant.start_budget)
 
 
 def quant_cost(tree: dict) -> tuple[BitCost, dict]:
@@ -69,7 +73,7 @@ def quant_cost(tree: dict) -> tuple[BitCost, dict]:
     from sweep.config.trial import quant_policy
     policy = quant_policy(tree["quant"], tree["model"]["arch"], check_budget=False)
     cost = arch_cost(policy, tree["model"]["arch"])
-    return cost, budget_excess(cost, policy.budget)
+    return cost, budget_excess(cost, policy.start_budget)
 
 
 def _quant_excess(tree: dict) -> dict:
@@ -77,7 +81,13 @@ def _quant_excess(tree: dict) -> dict:
 
 
 def has_budget(arm_tree: dict) -> bool:
-    value = arm_tree.get("quant", {}).get("budget")
+    """Whether a space's trials must meet a budget before training (not when an allocation
+    lowers their bits to it during training: ``QuantPolicy.start_budget``)."""
+    quant = arm_tree.get("quant", {})
+    method = (quant.get("allocation") or {}).get("method", "none")
+    if isinstance(method, str) and method != "none":
+        return False
+    value = quant.get("budget")
     if isinstance(value, Distribution):
         return any(c for c in value.candidates())
     return bool(value)

@@ -62,11 +62,15 @@ def _build_trial(v: dict, check_budget: bool = True) -> TrialConfig:
                           f"{len(data['mean'])}; give one per channel in both")
     data.update(mean=tup(data["mean"]), std=tup(data["std"]),
                 synthetic=SyntheticConfig(**sec("data.synthetic")))
-    quant = quant_policy(sec("quant"), v["model.arch"], check_budget)
+    quant = quant_policy({**sec("quant"), "allocation": sec("quant.allocation")}, v["model.arch"], check_budget)
     train = sec("train")
     train["milestones"] = tuple(train["milestones"])
     if isinstance(train["init"], dict):
         train["init"] = InitFrom(train["init"]["best_of"], tuple(train["init"].get("match") or ()))
+    if quant.allocation.method != "none" and train["compile"] is True:
+        raise ConfigError(None, "train.compile", f"quant.allocation {quant.allocation.method} records "
+                          "per-channel errors with autograd hooks, which torch.compile does not "
+                          "trace; use train.compile: auto (eager while allocating) or false")
     return TrialConfig(DataConfig(**data), ModelConfig(**sec("model")), quant, TrainConfig(**train))
 
 
@@ -83,12 +87,14 @@ def quant_policy(values: dict, arch: str, check_budget: bool = True) -> QuantPol
             check_layer_globs(_layer_names(arch), [g for g, _ in policy.layers], arch)
         except QuantConfigError as exc:
             raise ConfigError(None, f"quant.{exc.key}", str(exc)) from None
-    if policy.budget and check_budget:
+    if policy.start_budget and check_budget:
         from sweep.config.budget import over_budget
         problem = over_budget(policy, arch)
         if problem:
             raise ConfigError(None, "quant.budget", problem)
-    return dataclasses.replace(policy, act_scheme=policy.act_scheme or default_act_scheme(policy.scheme))
+    granularity = policy.granularity or ("channel" if policy.scheme == "dambq" else None)
+    return dataclasses.replace(policy, act_scheme=policy.act_scheme or default_act_scheme(policy.scheme),
+                               granularity=granularity)
 
 
 @functools.lru_cache(maxsize=None)

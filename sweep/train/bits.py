@@ -1,7 +1,8 @@
 """The resolved bits of a model's layers and what they cost (``bits.json``: average bits,
 weight size, BOPs, ``quant.cost``), and the short label of a checkpoint's precision used
 in lineage tags: ``FP32``, ``W4A4`` or ``MIXED(w2.50,a3.00)`` (the plain averages over
-the layers the policy decides on)."""
+the layers the policy decides on). A DAMBQ layer's bits are its channels' bits as they
+are in the model (``quant.dambq.mean_bits``), not its policy's starting bits."""
 from __future__ import annotations
 
 from torch import nn
@@ -14,13 +15,23 @@ from sweep.labels import FULL_PRECISION
 def layer_bits(model: nn.Module) -> dict:
     """``{module name: {w_bits, a_bits, scheme, act_scheme, z}}`` for every conv and
     linear layer; the first and last layer follow ``first_last_bits`` (inputs not
-    quantized: ``a_bits`` 32)."""
+    quantized: ``a_bits`` 32). A DAMBQ layer's ``w_bits``/``a_bits`` are its mean bits, and
+    ``channel_w_bits`` (per output channel) and ``channel_a_bits`` (per input channel; one
+    value each at ``quant.granularity: layer``) list them."""
+    from quant.dambq import dambq_layers
     policy = getattr(model, "quant_policy", None) or quant.QuantPolicy()
     out = {}
     for name in quant.quantized_layer_names(model):
         spec = policy.spec_for(name)
         out[name] = {"w_bits": spec.w_bits, "a_bits": spec.a_bits, "scheme": spec.scheme,
                      "act_scheme": spec.act_scheme, "z": spec.z}
+    for name, layer in dambq_layers(model):
+        for side, attr in (("w", "weight_quant"), ("a", "act_quant")):
+            q = getattr(layer, attr, None)
+            if q is not None:
+                bits = q.bits.tolist()
+                out[name][f"{side}_bits"] = sum(bits) / len(bits)
+                out[name][f"channel_{side}_bits"] = bits
     for edge in (getattr(model, "first_layer", None), getattr(model, "last_layer", None)):
         if edge:
             out[edge] = {"w_bits": policy.first_last_bits, "a_bits": FULL_PRECISION,
@@ -40,7 +51,7 @@ def model_cost(model: nn.Module, image_size=(32, 32)):
     shape = arch_shape(model.arch, num_classes=last.out_features, in_channels=first.in_channels,
                        image_size=tuple(image_size))
     policy = getattr(model, "quant_policy", None) or quant.QuantPolicy()
-    return bit_cost(policy, shape), shape
+    return bit_cost(policy, shape, model), shape
 
 
 def bits_record(model: nn.Module, image_size=(32, 32)) -> dict:
@@ -58,24 +69,25 @@ def bits_record(model: nn.Module, image_size=(32, 32)) -> dict:
 def bits_label(model: nn.Module) -> str:
     """``FP32``, ``W<w>A<a>`` when every decided layer agrees, else ``MIXED(w..,a..)``
     (``sweep.labels``)."""
-    policy = getattr(model, "quant_policy", None) or quant.QuantPolicy()
-    names = quant.quantized_layer_names(model)
-    specs = [policy.spec_for(n) for n in names]
-    if not specs:
+    names = set(quant.quantized_layer_names(model))
+    bits = [(layer["w_bits"], layer["a_bits"]) for n, layer in layer_bits(model).items() if n in names]
+    if not bits:
         return labels.bits_label(FULL_PRECISION, FULL_PRECISION)
-    ws, acts = {s.w_bits for s in specs}, {s.a_bits for s in specs}
+    ws, acts = {w for w, _ in bits}, {a for _, a in bits}
     if len(ws) == 1 and len(acts) == 1:
         return labels.bits_label(ws.pop(), acts.pop())
-    w, a = policy.average_bits(names)
-    return labels.bits_label(w, a, mixed=True)
+    return labels.bits_label(sum(w for w, _ in bits) / len(bits), sum(a for _, a in bits) / len(bits),
+                             mixed=True)
 
 
 def checkpoint_bits_label(path) -> str | None:
     """The label of a project checkpoint file; None for a reference checkpoint (which
     does not say how it was quantized)."""
-    from models.checkpoint import is_project_checkpoint, model_of, read_checkpoint
+    from models.checkpoint import is_project_checkpoint, load_weights, model_of, read_checkpoint
 
     ckpt = read_checkpoint(path)
     if not is_project_checkpoint(ckpt):
         return None
-    return bits_label(model_of(ckpt))
+    model = model_of(ckpt)
+    load_weights(model, ckpt["state_dict"], path)       # a DAMBQ model's bits are in its weights
+    return bits_label(model)

@@ -9,6 +9,13 @@ Per-epoch metrics (docs/search-space.md, "Splits and epochs"): ``epoch``,
 ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (and ``test_loss``,
 ``test_acc`` with a validation split), ``lr``, ``epoch_time_s``, and every layer's
 ``alpha/weight/<layer>`` and ``alpha/act/<layer>``. Accuracies are percentages.
+
+With a bit allocation (``quant.allocation``, ``quant.lba``) the end of every training
+epoch may lower bits before the evaluation, and the metrics also carry the bits as they
+are then: ``bits/avg_w_bits``, ``bits/avg_a_bits``, ``bits/weight_size_bytes``,
+``bits/bops`` and every DAMBQ layer's mean ``bits/weight/<layer>`` and
+``bits/act/<layer>``. An epoch counts as best only once the allocation has reached its
+target (``quant.budget`` + margin): the best checkpoint is one at the budget.
 """
 from __future__ import annotations
 
@@ -84,6 +91,7 @@ class Trainer:
                                         in_channels=self.model_cfg["in_channels"], policy=self.policy)
         self.init_info = self._load_init(init, init_ckpt)
         self.model.to(self.device)
+        self.allocator = self._allocator()
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         act, wgt, rest = quant.alpha_parameters(self.model)
@@ -105,7 +113,9 @@ class Trainer:
         self.val_loader = BatchLoader(self.data.val, 512, self.device, self.data.mean, self.data.std, **loader_kw)
         self.test_loader = None if self.data.test is None else BatchLoader(
             self.data.test, 512, self.device, self.data.mean, self.data.std, **loader_kw)
-        self.compiled = t.compile is True or (t.compile == "auto" and self.device.type == "cuda")
+        # an allocation records errors with autograd hooks: eager (t.compile true is refused then)
+        self.compiled = self.allocator is None and (
+            t.compile is True or (t.compile == "auto" and self.device.type == "cuda"))
         self.forward = self._compiled() if self.compiled else self.model
         if self.compiled:
             self.log(f"train.compile: {str(t.compile).lower()} on {self.device.type}; the first epoch includes a "
@@ -137,10 +147,20 @@ class Trainer:
                              "first (sweep.track.resolve) and pass it as init_path")
         return read_checkpoint(init)
 
+    def _allocator(self):
+        if self.policy.allocation.method == "none":
+            return None
+        from models.shapes import arch_shape
+        from quant.lba import LbaAllocator
+        shape = arch_shape(self.cfg.model.arch, num_classes=self.model_cfg["num_classes"],
+                           in_channels=self.model_cfg["in_channels"], image_size=tuple(self.data.image_size))
+        return LbaAllocator(self.model, self.policy, shape)
+
     def _load_init(self, init, ckpt: dict | None) -> dict | None:
         if ckpt is None:
             return None
-        info = load_weights(self.model, ckpt["state_dict"], init)
+        # weights and thresholds; the bits are this trial's own (quant.*), as in a W4 -> W2 stage
+        info = load_weights(self.model, ckpt["state_dict"], init, bits=False)
         info["path"] = str(init)
         if info["missing_alphas"]:
             self.log(f"init: {init}: {len(info['missing_alphas'])} clipping thresholds not in the "
@@ -162,6 +182,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         lr0 = None
+        if self.allocator is not None:
+            self.allocator.begin_epoch(epoch - 1)
         for step, (x, y) in enumerate(self.train_loader.epoch(epoch - 1)):
             lr = self._set_lr(epoch - 1, step)
             lr0 = lr if lr0 is None else lr0
@@ -195,7 +217,17 @@ class Trainer:
     def _alpha_metrics(self) -> dict:
         return {f"alpha/{k}": v for k, v in quant.alphas(self.model).items()}
 
+    def _bits_metrics(self) -> dict:
+        """The allocation's bits now (empty without an allocation)."""
+        if self.allocator is None:
+            return {}
+        cost = self.allocator.cost().as_dict()
+        return {**{f"bits/{k}": v for k, v in cost.items()},
+                **{f"bits/{k}": v for k, v in self.allocator.layer_bits().items()}}
+
     def _is_better(self, metrics: dict) -> bool:
+        if self.allocator is not None and not self.allocator.reached():
+            return False                       # not yet at the budget: not a candidate
         if self.best is None:
             return True
         return is_better(metrics[self.metric], self.best[self.metric], self.mode)
@@ -206,7 +238,7 @@ class Trainer:
         t = self.cfg.train
         if self.epoch == 0 and t.eval_before and not self.history:
             m = {"epoch": 0, **self.evaluate(), "lr": self.base_lrs[0], "epoch_time_s": 0.0,
-                 **self._alpha_metrics()}
+                 **self._alpha_metrics(), **self._bits_metrics()}
             self.history.append(m)
             if on_epoch:
                 on_epoch(m, self)
@@ -214,12 +246,18 @@ class Trainer:
             epoch = self.epoch + 1
             t0 = time.perf_counter()
             m = {"epoch": epoch, **self.train_epoch(epoch)}
+            if self.allocator is not None:
+                lowered = self.allocator.end_epoch(epoch - 1)    # as the reference: before evaluating
+                if lowered:
+                    self.log(f"epoch {epoch}: LBA lowered " + ", ".join(
+                        f"{n} {kind} channel(s)" for kind, n in lowered.items()) + " by one bit")
             m.update(self.evaluate())
             m["epoch_time_s"] = time.perf_counter() - t0
             m.update(self._alpha_metrics())
+            m.update(self._bits_metrics())
             if self.metric not in m:
-                raise KeyError(f"search.metric {self.metric!r} is not a per-epoch metric; "
-                               f"choose one of: {', '.join(k for k in m if not k.startswith('alpha/'))}")
+                raise KeyError(f"search.metric {self.metric!r} is not a per-epoch metric; choose one "
+                               f"of: {', '.join(k for k in m if not k.startswith(('alpha/', 'bits/')))}")
             self.epoch = epoch
             self.history.append(m)
             m["is_best"] = self._is_better(m)

@@ -193,10 +193,18 @@ def searched_values(tree: dict, keys) -> dict:
 
 
 def _averages(tree: dict) -> str:
+    """A trial's averages; with a bit allocation, where it starts and what it lowers them to."""
     cost, _ = quant_cost(tree)
     if cost.avg_w_bits == 32 and cost.avg_a_bits == 32:
         return ""
-    return f"  | avg_w_bits {cost.avg_w_bits:.3f}  avg_a_bits {cost.avg_a_bits:.3f}"
+    line = f"  | avg_w_bits {cost.avg_w_bits:.3f}  avg_a_bits {cost.avg_a_bits:.3f}"
+    if ((tree.get("quant") or {}).get("allocation") or {}).get("method", "none") != "none":
+        from sweep.config.trial import quant_policy
+        policy = quant_policy(tree["quant"], tree["model"]["arch"], check_budget=False)
+        margin = policy.allocation.margin
+        line += (f" at the start; {policy.allocation.method} lowers them to "
+                 + ", ".join(f"{k} <= {v + margin:g}" for k, v in policy.budget.items()))
+    return line
 
 
 def _short(value) -> str:

@@ -44,9 +44,15 @@ def _local_dir(checkpoint, cache: str) -> str:
 
 def _epoch_metrics(result: dict) -> dict:
     """What the recorder logs of one epoch's result: the ``METRIC_KEYS`` and every
-    ``alpha/...`` key that holds a number."""
-    return {k: v for k, v in result.items()
-            if (k in METRIC_KEYS or str(k).startswith("alpha/")) and isinstance(v, (int, float))}
+    ``alpha/...`` and ``bits/...`` key that holds a number; ``bits/<cost key>`` (a bit
+    allocation's averages, size and BOPs after the epoch) is logged as ``<cost key>``, whose
+    step 0 holds the trial's start."""
+    out = {k: v for k, v in result.items()
+           if (k in METRIC_KEYS or str(k).startswith(("alpha/", "bits/"))) and isinstance(v, (int, float))}
+    for key in COST_KEYS:
+        if f"bits/{key}" in out:
+            out[key] = out.pop(f"bits/{key}")
+    return out
 
 
 def best_kept(kept: list) -> tuple:

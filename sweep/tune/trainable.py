@@ -11,7 +11,9 @@ bound with ``tune.with_parameters``), keyed by ``data_key(cfg.data)``.
 Each epoch is reported once: ``tune.report(metrics, checkpoint=...)`` with a folder
 holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``;
 every epoch's result also carries the trial's ``COST_KEYS`` (average bits, weight size, BOPs of
-``sweep.train.bits.bits_record``), which the driver logs once, at step 0.
+``sweep.train.bits.bits_record``) at its start, which the driver logs once, at step 0. With
+a bit allocation the engine's ``bits/...`` metrics carry them as they are after each
+epoch, and each epoch's ``bits.json`` is written anew (its per-channel bits).
 ``is_best`` (1 or 0) is the checkpoint score, so Ray keeps the best epoch's checkpoint
 (and the latest). A restart resumes from ``tune.get_checkpoint()``. A NaN/inf loss is
 not retried: the trial reports ``failure: nan_loss`` and returns.
@@ -96,7 +98,8 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
         result.update(best_so_far(metrics.get("is_best")), **cost)
         with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
             tr.save(os.path.join(folder, CHECKPOINT_FILE))
-            atomic_write_json(os.path.join(folder, BITS_ARTIFACT), bits)
+            now = bits if tr.allocator is None else bits_record(tr.model, data.image_size)
+            atomic_write_json(os.path.join(folder, BITS_ARTIFACT), now)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
     if trainer.history and trainer.epoch >= cfg.train.epochs:
