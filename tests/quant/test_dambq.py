@@ -1,5 +1,5 @@
-"""DAMBQ's weight codes, clip rule, activations and LBA step against values computed by
-hand from the reference's constants (ALPHA_W, CLIP_W = 0.5, 0.98, 2.6, 4.16, 5.66; EMA
+"""DAMBQ's weight codes, clip rule, activations and recorded errors against values computed
+by hand from the reference's constants (ALPHA_W, CLIP_W = 0.5, 0.98, 2.6, 4.16, 5.66; EMA
 0.99; EPS 1e-6)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quant.dambq import (DambqActQuantizer, DambqWeightQuantizer, act_error, dambq_codes,
-                         lba_lower, lba_ratio, quantize_weight, weight_error)
+                         quantize_weight, weight_error)
 
 
 def test_codes_from_alpha_w():
@@ -41,6 +41,25 @@ def test_clip_is_clip_w_times_mean_abs_then_an_ema():
     before = q.clip.clone()
     q(5 * w)
     assert torch.equal(q.clip, before)             # evaluation leaves the clip alone
+    # loaded into a new quantizer (the state dict keeps bits and clip, not whether it was
+    # set), the first training forward sets the clip afresh, as the reference's init flag
+    fresh = DambqWeightQuantizer(2)
+    fresh.load_state_dict(q.state_dict())
+    assert fresh.bits.tolist() == [2, 3] and torch.equal(fresh.clip, before)
+    fresh.train()
+    fresh(w)
+    assert fresh.clip.tolist() == pytest.approx([5.2, 2.08])
+
+
+def test_layer_granularity_has_one_clip_and_one_bit_width():
+    q = DambqWeightQuantizer(1, bits=2)
+    w = torch.tensor([[1.0, -3.0], [0.5, 0.5]]).view(2, 2, 1, 1)
+    q.train()
+    out = q(w)
+    # 2.6 * mean(1, 3, 0.5, 0.5) = 2.6 * 1.25 = 3.25; w / 3.25 = 0.3077, -0.9231, 0.1538,
+    # 0.1538 -> nearest of ±0.2246, ±1: 0.2246, -1, 0.2246, 0.2246; times 3.25
+    assert q.clip.tolist() == pytest.approx([3.25])
+    assert out.flatten().tolist() == pytest.approx([0.72995, -3.25, 0.72995, 0.72995], abs=1e-4)
 
 
 def test_weight_projection_onto_the_channels_codes():
@@ -69,23 +88,44 @@ def test_activations_uniform_per_input_channel():
     assert y[0, 1].flatten().tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
-def test_lba_errors_ratio_and_lowering():
+def test_error_formulas():
     w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     w_q = torch.tensor([[0.5, 2.5], [3.0, 3.0]])
     g = torch.tensor([[2.0, 1.0], [7.0, -1.0]])
     # channel 0: |0.5*2 + (-0.5)*1| / 2 = 0.25; channel 1: |0*7 + 1*(-1)| / 2 = 0.5
-    assert weight_error(w, w_q, g).tolist() == pytest.approx([0.25, 0.5])
+    assert weight_error(w, w_q, g, 2).tolist() == pytest.approx([0.25, 0.5])
+    # one group (the layer): |0.5*2 + (-0.5)*1 + 0*7 + 1*(-1)| / 4 = |-0.5| / 4 = 0.125
+    assert weight_error(w, w_q, g, 1).tolist() == pytest.approx([0.125])
     x = torch.tensor([[[1.0]], [[2.0]]]).view(1, 2, 1, 1).repeat(2, 1, 1, 1)    # N=2, C=2
     x_q = torch.zeros_like(x)
     gx = torch.tensor([1.0, -1.0, 3.0, 1.0]).view(2, 2, 1, 1)
-    # channel 0: |1*1 + 1*3| / 2 = 2; channel 1: |2*(-1) + 2*1| / 2 = 0
-    assert act_error(x, x_q, gx).tolist() == pytest.approx([2.0, 0.0])
-    # V2's schedule: 0.01 + 0.29 * epoch / 150
-    assert lba_ratio(0) == pytest.approx(0.01) and lba_ratio(75) == pytest.approx(0.155)
-    assert lba_ratio(150) == pytest.approx(0.3)
-    errors = torch.tensor([0.9, 0.1, 0.5, 0.05, 0.7, 0.3, 0.2, 0.8, 0.6, 0.4])
-    bits = torch.tensor([4, 4, 4, 0, 4, 3, 4, 4, 4, 4])
-    # int(10 * 0.3) = 3 smallest errors: channels 3 (0.05), 1 (0.1), 6 (0.2); channel 3 is
-    # at 0 bits already and stays there
-    assert lba_lower(errors, bits, 0.3).tolist() == [4, 3, 4, 0, 4, 3, 3, 4, 4, 4]
-    assert lba_lower(errors, bits, 0.05).tolist() == bits.tolist()          # int(0.5) = 0
+    # channel 0: |1*1 + 1*3| / 2 = 2; channel 1: |2*(-1) + 2*1| / 2 = 0; the layer: |4 + 0| / 4 = 1
+    assert act_error(x, x_q, gx, 2).tolist() == pytest.approx([2.0, 0.0])
+    assert act_error(x, x_q, gx, 1).tolist() == pytest.approx([1.0])
+
+
+def test_recording_accumulates_the_errors_over_backward_passes():
+    wq = DambqWeightQuantizer(2, bits=2)
+    wq.train()
+    wq.record = True
+    w = torch.tensor([[0.3, 1.3], [-0.4, 0.2]], requires_grad=True)
+    g = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    # clip: 2.6 * mean|w_c| = 2.6 * 0.8 = 2.08 and 2.6 * 0.3 = 0.78; w / clip = 0.1442, 0.625;
+    # -0.5128, 0.2564 -> codes 0.2246, 1.0; -0.2246, 0.2246 -> w_q = 0.46717, 2.08; -0.17519,
+    # 0.17519; error (∂L/∂w_q = g): |(0.3-0.46717)*1 + (1.3-2.08)*2| / 2 = 0.86359;
+    # |(-0.4+0.17519)*3 + (0.2-0.17519)*(-1)| / 2 = 0.34962
+    (wq(w) * g).sum().backward()
+    assert wq.err.tolist() == pytest.approx([0.86359, 0.34962], abs=1e-4)
+    # a second pass adds (the clip moves by the EMA, the weights are the same: same w_q)
+    (wq(w) * g).sum().backward()
+    assert wq.err.tolist() == pytest.approx([2 * 0.86359, 2 * 0.34962], abs=1e-4)
+    aq = DambqActQuantizer(1, bits=2, alpha=3.0)
+    aq.train()
+    aq.record = True
+    x = torch.tensor([0.4, 1.6]).view(1, 2, 1, 1).requires_grad_(True)
+    # one group: x_q = 0, 2; |(0.4-0)*1 + (1.6-2)*5| / 2 = |0.4 - 2| / 2 = 0.8
+    (aq(x) * torch.tensor([1.0, 5.0]).view(1, 2, 1, 1)).sum().backward()
+    assert aq.err.tolist() == pytest.approx([0.8], abs=1e-5)
+    aq.eval()
+    aq(x).sum().backward()                         # evaluation records nothing
+    assert aq.err.tolist() == pytest.approx([0.8], abs=1e-5)

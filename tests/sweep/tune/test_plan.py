@@ -24,7 +24,7 @@ SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
 def test_search_spaces_are_shipped():
     names = {p.name for p in SPACES}
     assert {"smoke.yaml", "ngrid_z.yaml", "apot_vs_uniform.yaml", "progressive_resnet20.yaml",
-            "lr_wd_optuna.yaml"} <= names
+            "lr_wd_optuna.yaml", "bit_allocation.yaml", "dambq_resnet20.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
