@@ -393,16 +393,21 @@ def test_trial_quant_section_is_the_policy():
     assert cfg.quant == QuantPolicy(w_bits=2, a_bits=2, scheme="ngrid", act_scheme="apot", z=2.0)
     assert cfg.quant.to_dict() == {"w_bits": 2, "a_bits": 2, "scheme": "ngrid", "act_scheme": "apot",
                                    "family": None, "z": 2.0, "first_last_bits": 8, "alpha_grad_scale": None,
-                                   "layers": {}, "budget": None}
+                                   "layers": {}, "budget": None, "granularity": None,
+                                   "allocation": {"method": "none", "ratio_start": 0.01, "ratio_end": 0.3,
+                                                  "schedule_epochs": 150, "margin": 0.07}}
 
 
 def test_the_key_table_is_derived_from_the_schema():
     import dataclasses
     from quant import QuantPolicy
     from sweep.config.keys import KEYS, SUBSECTIONS
+    from quant.policy import Allocation
     from sweep.config.schema import DataConfig, SyntheticConfig, TrainConfig
     assert {k[len("quant."):] for k in KEYS if k.startswith("quant.")} == {
-        f.name for f in dataclasses.fields(QuantPolicy)}
+        f.name for f in dataclasses.fields(QuantPolicy) if f.name != "allocation"} | {
+        f"allocation.{f.name}" for f in dataclasses.fields(Allocation)}
+    assert "quant.allocation" in SUBSECTIONS
     assert {k for k in KEYS if k.startswith("train.")} == {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
     assert {k for k in KEYS if k.startswith("data.synthetic.")} == {
         f"data.synthetic.{f.name}" for f in dataclasses.fields(SyntheticConfig)}
