@@ -30,7 +30,7 @@ from quant.dambq import mean_bits
 from sweep.train.bits import model_cost
 from sweep.train.data import DataError, load_data
 from sweep.train.evaluate import evaluate_model
-from sweep.train.loader import BatchLoader
+from sweep.train.loader import make_loader
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +98,9 @@ def main(argv=None) -> int:
                     "val_fraction": 0.0, "split_seed": 0,
                     # the normalisation a checkpoint was trained with is the one it is scored with
                     "mean": saved_data.get("mean"), "std": saved_data.get("std"),
-                    "crop_pad": 0, "flip": False, "synthetic": saved_data.get("synthetic") or {}}
+                    "crop_pad": 0, "flip": False, "synthetic": saved_data.get("synthetic") or {},
+                    # an image folder is scored at the crop side it was trained at
+                    "image_size": (saved_data.get("image_size") or [None])[0]}
         bundle = load_data(data_cfg)
         model, policy = _model(args, ckpt, bundle)
         info = load_weights(model, ckpt["state_dict"], path)
@@ -107,9 +109,10 @@ def main(argv=None) -> int:
         return 2
     device = torch.device(args.device)
     model.to(device)
-    split = bundle.test if bundle.test is not None and args.split == "test" else (
-        bundle.val if args.split == "test" else bundle.train)
-    loader = BatchLoader(split, args.batch_size, device, bundle.mean, bundle.std, train=False)
+    which = "test" if bundle.test is not None and args.split == "test" else (
+        "val" if args.split == "test" else "train")
+    loader = make_loader(bundle, which, args.batch_size, device, train=False,
+                         workers=torch.get_num_threads())
     t0 = time.perf_counter()
     result = evaluate_model(model, loader)
     seconds = time.perf_counter() - t0
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
         print(json.dumps(out))
         return 0
     print(f"{args.checkpoint}")
-    print(f"  {model.arch}, {bundle.name}: the {args.split} images ({len(split)}), "
+    print(f"  {model.arch}, {bundle.name}: the {args.split} images ({loader.num_samples}), "
           f"{bundle.in_channels}×{bundle.image_size[0]}×{bundle.image_size[1]}, "
           f"{bundle.num_classes} classes")
     print(f"  {args.split} accuracy {result['accuracy']:.2f} % ({result['correct']}/{result['total']}), "

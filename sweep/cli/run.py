@@ -120,6 +120,8 @@ def print_dry_run(exp: Experiment, plans: list[StagePlan], paths: Paths) -> None
     for plan in plans:
         print("\n".join(plan.describe()))
     print(f"{sum(p.num_trials() for p in plans)} trial(s) in {len(plans)} stage(s); nothing was started")
+    from sweep.tune.estimate import describe_costs      # torch: the models' shapes
+    print("\n".join(describe_costs(plans)))
 
 
 # ---------------------------------------------------------------- main

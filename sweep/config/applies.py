@@ -3,7 +3,8 @@ parameters (docs/mlflow.md, "A trial's run").
 
 A key is left out when it cannot change what the trial does: ``null`` (the dataset's or
 the model's own default), the ``data.synthetic.*`` sizes of a non-synthetic dataset,
-``data.path`` of a torchvision dataset and ``data.root`` of a file, ``data.split_seed``
+``data.path`` of a torchvision dataset and ``data.root`` of a file, ``data.image_size`` and
+``data.workers`` of anything but an image folder, ``data.crop_pad`` of an image folder, ``data.split_seed``
 without a validation split, ``train.milestones``/``train.gamma`` off the step schedule,
 the alpha settings of a model with no quantized layer or only DAMBQ layers (whose one
 threshold per layer trains with ``train.lr``), and ``quant.allocation.*`` when no
@@ -32,6 +33,10 @@ def _applies(key: str, cfg: TrialConfig) -> bool:
         return d.dataset in FILE_DATASETS
     if key == "data.root":
         return d.dataset in TORCHVISION_DATASETS
+    if key in ("data.image_size", "data.workers"):
+        return d.dataset == "imagefolder"
+    if key == "data.crop_pad":
+        return d.dataset != "imagefolder"
     if key == "data.split_seed":
         return d.val_fraction > 0
     if key in ("train.milestones", "train.gamma"):

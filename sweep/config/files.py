@@ -1,6 +1,6 @@
 """The files a config names, opened and matched against the config before anything runs:
-an ``npz`` dataset's arrays (their headers; only the labels are read), the shape of the
-built-in datasets, a synthetic dataset's size against this machine's memory, and a
+an ``npz`` dataset's arrays (their headers; only the labels are read), an image folder's
+classes and files (listed, not read), the shape of the built-in datasets, a synthetic dataset's size against this machine's memory, and a
 ``train.init`` checkpoint (read weights-only, loaded into the model it is to start).
 
 Each check returns ``(key, message)`` of the first problem, or None. Results are cached
@@ -57,7 +57,13 @@ def data_shape(cfg: TrialConfig):
             return None, ("data.path", f"npz file {d.path} does not exist (paths are relative to "
                                        "the directory the command runs in)")
         return _npz_shape(d.path, st.st_mtime_ns, st.st_size)
-    return DataShape(None, None), None      # imagefolder: read when the run starts
+    from sweep.folders import DEFAULT_IMAGE_SIZE, FolderError, scan_folder   # listed, not read
+    try:
+        scan = scan_folder(d.path)
+    except FolderError as exc:
+        return None, ("data.path", str(exc))
+    return DataShape(3, len(scan.classes), len(scan.train_files), len(scan.eval_files),
+                     d.image_size or DEFAULT_IMAGE_SIZE), None
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,6 +127,14 @@ def check_data(cfg: TrialConfig):
     if problem:
         return problem
     d, m = cfg.data, cfg.model
+    if d.dataset != "imagefolder":
+        for k, v in (("data.image_size", d.image_size), ("data.workers", d.workers)):
+            if v is not None:
+                return k, (f"applies to dataset: imagefolder (images streamed from files), not "
+                           f"{d.dataset}; leave it out")
+    elif d.crop_pad:
+        return "data.crop_pad", ("does not apply to an image folder, whose training crop is "
+                                 "RandomResizedCrop(data.image_size); leave it out")
     if d.dataset in _BUILTIN and os.path.isfile(d.root):
         return "data.root", (f"{d.root} is a file; data.root is the folder where {d.dataset} is "
                              "found or downloaded")

@@ -436,8 +436,6 @@ def _check_files_and_refs(cfg: TrialConfig, stage, earlier, all_stages):
     data, init = cfg.data, cfg.train.init
     if data.dataset == "npz" and not os.path.isfile(data.path):
         return "data.path", f"npz file {data.path} does not exist (paths are relative to the directory the command runs in)"
-    if data.dataset == "imagefolder" and not os.path.isdir(data.path):
-        return "data.path", f"image folder {data.path} does not exist"
     if isinstance(init, str) and not is_uri(init) and not os.path.exists(init):
         return "train.init", f"checkpoint {init} does not exist"
     if isinstance(init, InitFrom) and init.best_of not in earlier:

@@ -61,6 +61,10 @@ class DataConfig(_Section):
     std: tuple | None = key(None, c.floats(True), null=True)
     crop_pad: int | None = integer(None, 0, null=True)   # pixels; None: the dataset's default
     flip: bool | None = flag(None, null=True)
+    # imagefolder only (streamed): the crop side, None: 224; decoding worker processes,
+    # None: one per CPU thread of the trial
+    image_size: int | None = integer(None, 8, null=True)
+    workers: int | None = integer(None, 0, null=True)
     synthetic: SyntheticConfig = section(SyntheticConfig)
 
 

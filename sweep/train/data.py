@@ -1,10 +1,15 @@
 """Datasets as uint8 tensors: a registry of sources, per-dataset defaults, splits.
 
 ``load_data(cfg)`` reads a source by name (``cifar10``, ``cifar100``, ``mnist``,
-``npz``, ``imagefolder``, ``synthetic``), settles its normalisation and augmentation
+``npz``, ``synthetic``), settles its normalisation and augmentation
 (docs/search-space.md, "Data"), holds out ``val_fraction`` of the training images as the
 validation split (fixed by ``split_seed``) and returns a ``DataBundle`` of channels-first
 uint8 images and int64 labels. ``sweep.train.loader.BatchLoader`` turns a split into batches.
+
+``imagefolder`` is the exception: a folder of image files too large to hold (ImageNet) is
+listed, not read; its splits are ``FileSplit``s of file names, decoded and transformed
+every epoch by worker processes (``sweep.train.folder``). ``make_loader`` (``loader``)
+picks the loader a split needs.
 
 Only torch and numpy are needed; torchvision (and PIL) are imported inside the loaders
 that use them. Nothing here knows where data lives: ``cfg.root``/``cfg.path`` say.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import pathlib
 import socket
 import threading
@@ -24,13 +30,14 @@ import numpy as np
 import torch
 
 
-__all__ = ["DATASETS", "DataBundle", "DataError", "Split", "load_data",
-           "register_dataset"]
+__all__ = ["DATASETS", "DataBundle", "DataError", "FileSplit", "Split", "load_data",
+           "register_dataset", "holdout_indices"]
 
 log = logging.getLogger(__name__)
 
 CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
 MNIST_MEAN, MNIST_STD = (0.131,), (0.308,)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PROBE_TIMEOUT_S = 3.0       # how long to wait for a download server before calling it offline
 
 
@@ -49,6 +56,21 @@ class Split:
 
 
 @dataclasses.dataclass
+class FileSplit:
+    """Image files, read when a batch needs them: ``files`` (paths relative to ``root``, as
+    bytes, ``os.fsencode``) and labels ``y`` (int64, N)."""
+    root: str
+    files: np.ndarray
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def path(self, i: int) -> str:
+        return os.path.join(self.root, os.fsdecode(self.files[i]))
+
+
+@dataclasses.dataclass
 class DataBundle:
     """Everything a trial needs about its data. ``test`` is None when ``val`` is the test set.
 
@@ -56,12 +78,12 @@ class DataBundle:
     shares between trials without copying.
     """
     name: str
-    train: Split
-    val: Split
-    test: Split | None
+    train: Split | FileSplit
+    val: Split | FileSplit
+    test: Split | FileSplit | None
     num_classes: int
     in_channels: int
-    image_size: tuple[int, int]          # (H, W)
+    image_size: tuple[int, int]          # (H, W) of the batches (a FileSplit's: the crop)
     classes: tuple[str, ...]
     mean: tuple[float, ...]              # per channel, [0, 1] units
     std: tuple[float, ...]
@@ -76,7 +98,10 @@ class DataBundle:
         out: dict[str, Any] = {}
         for which in self._SPLITS:
             split = getattr(self, which)
-            if split is not None:
+            if isinstance(split, FileSplit):
+                out[f"{which}_files"], out[f"{which}_root"] = split.files, split.root
+                out[f"{which}_y"] = split.y.numpy()
+            elif split is not None:
                 out[f"{which}_x"], out[f"{which}_y"] = split.x.numpy(), split.y.numpy()
         out["meta"] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                        if f.name not in self._SPLITS}
@@ -86,12 +111,14 @@ class DataBundle:
     def from_arrays(cls, arrays: Mapping[str, Any]) -> "DataBundle":
         """The inverse of ``to_arrays``; tensors share the arrays' memory (read-only is fine)."""
         def split(which):
-            if f"{which}_x" not in arrays:
+            if f"{which}_y" not in arrays:
                 return None
             with warnings.catch_warnings():      # arrays from Ray's store are read-only
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                return Split(torch.from_numpy(arrays[f"{which}_x"]),
-                             torch.from_numpy(arrays[f"{which}_y"]))
+                y = torch.from_numpy(arrays[f"{which}_y"])
+                if f"{which}_files" in arrays:
+                    return FileSplit(arrays[f"{which}_root"], arrays[f"{which}_files"], y)
+                return Split(torch.from_numpy(arrays[f"{which}_x"]), y)
         meta = dict(arrays["meta"])
         return cls(train=split("train"), val=split("val"), test=split("test"), **meta)
 
@@ -123,7 +150,9 @@ class _Raw:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-DATASETS: dict[str, Callable[[Any], _Raw]] = {}
+# A source returns a _Raw (read into memory, settled by load_data) or, streamed from
+# files, a DataBundle settled by its own loader.
+DATASETS: dict[str, Callable[[Any], "_Raw | DataBundle"]] = {}
 
 
 def register_dataset(name: str):
@@ -149,6 +178,8 @@ def load_data(cfg: Any) -> DataBundle:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
     raw = DATASETS[name](cfg)
+    if isinstance(raw, DataBundle):          # streamed from files: already split and settled
+        return raw
     notes = list(raw.notes)
 
     x_train, x_test = _channels_first(raw.x_train, "x_train"), _channels_first(raw.x_test, "x_test")
@@ -247,15 +278,20 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
-def _hold_out(train: Split, fraction: float, seed: int, display: str) -> tuple[Split, Split]:
-    """(train, val): a fixed random ``fraction`` of the training images, the same for every trial."""
-    n = len(train)
+def holdout_indices(n: int, fraction: float, seed: int, display: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices, sorted: a fixed random ``fraction`` of ``n`` training images
+    held out, the same for every trial."""
     n_val = int(round(fraction * n))
     if not 0 < n_val < n:
         raise DataError(f"data.val_fraction={fraction} holds out {n_val} of {display}'s {n} "
                         f"training images; it must leave at least one on each side")
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _hold_out(train: Split, fraction: float, seed: int, display: str) -> tuple[Split, Split]:
+    """(train, val) of ``holdout_indices``."""
+    train_idx, val_idx = holdout_indices(len(train), fraction, seed, display)
     return (Split(train.x[train_idx], train.y[train_idx]),
             Split(train.x[val_idx], train.y[val_idx]))
 
@@ -409,58 +445,6 @@ for _name in _TORCHVISION:
 
 
 @register_dataset("imagefolder")
-def _load_imagefolder(cfg) -> _Raw:
-    """``path/train/<class>/*`` and ``path/val/<class>/*`` (or ``test/``), all one size."""
-    path = _get(cfg, "path")
-    if path is None:
-        raise DataError("dataset: imagefolder needs data.path, a folder with train/ and val/")
-    path = pathlib.Path(path).expanduser().resolve()
-    train_dir = path / "train"
-    test_dir = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise DataError(f"imagefolder {path} needs subfolders train/ and val/ (or test/), "
-                        f"each with one folder of images per class")
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-    try:
-        classes, class_to_idx = find_classes(str(train_dir))
-        train = make_dataset(str(train_dir), class_to_idx, IMG_EXTENSIONS)
-    except FileNotFoundError as e:
-        raise DataError(f"imagefolder {path}: {e}") from e
-    test_classes, _ = find_classes(str(test_dir))
-    extra = sorted(set(test_classes) - set(classes))
-    if extra:
-        raise DataError(f"{test_dir} has classes missing from {train_dir}: {', '.join(extra)}")
-    test = make_dataset(str(test_dir), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
-    mode = _image_mode(train[0][0])
-    shape: list = []
-    x_train, y_train = _read_images(train, mode, shape)
-    x_test, y_test = _read_images(test, mode, shape)
-    return _Raw(f"imagefolder {path}", x_train, y_train, x_test, y_test, tuple(classes),
-                notes=["imagefolder: no augmentation unless set (data.crop_pad, data.flip)"])
-
-
-def _image_mode(file: str) -> str:
-    from PIL import Image
-    with Image.open(file) as im:
-        return "L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-
-
-def _read_images(samples, mode: str, shape: list) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``(file, label)`` pairs into one uint8 array; ``shape`` is set by the first image."""
-    from PIL import Image
-    x = None
-    for i, (file, _) in enumerate(samples):
-        with Image.open(file) as im:
-            img = np.asarray(im.convert(mode))
-        if not shape:
-            shape.append(img.shape)
-        if img.shape != shape[0]:
-            raise DataError(f"{file} is {img.shape[1]}×{img.shape[0]} pixels but the first image "
-                            f"was {shape[0][1]}×{shape[0][0]}; imagefolder images must all be "
-                            f"one size (resize them beforehand)")
-        if x is None:
-            x = np.empty((len(samples), *shape[0]), np.uint8)
-        x[i] = img
-    if x is None:
-        x = np.empty((0, *(shape[0] if shape else (1, 1))), np.uint8)
-    return x, np.array([label for _, label in samples], dtype=np.int64)
+def _load_imagefolder(cfg) -> DataBundle:
+    from sweep.train.folder import load_folder      # PIL and torchvision, only for folders
+    return load_folder(cfg)

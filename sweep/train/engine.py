@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import models
 import quant
 from models.checkpoint import family_of, load_weights, provenance, read_checkpoint, save_checkpoint
-from sweep.train.loader import BatchLoader
+from sweep.train.loader import make_loader
 from sweep.config import InitFrom, TrialConfig
 from sweep.metrics import is_better
 from sweep.train.data import DataBundle, load_data
@@ -106,13 +106,14 @@ class Trainer:
         self.optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
         self.base_lrs = [g["lr"] for g in groups]
         self.autocast = torch.bfloat16 if t.precision == "bf16" else None
-        loader_kw = dict(channels_last=t.channels_last)
-        self.train_loader = BatchLoader(self.data.train, t.batch_size, self.device, self.data.mean,
-                                        self.data.std, train=True, crop_pad=self.data.crop_pad,
-                                        flip=self.data.flip, seed=t.seed, **loader_kw)
-        self.val_loader = BatchLoader(self.data.val, 512, self.device, self.data.mean, self.data.std, **loader_kw)
-        self.test_loader = None if self.data.test is None else BatchLoader(
-            self.data.test, 512, self.device, self.data.mean, self.data.std, **loader_kw)
+        # image folders are decoded by worker processes: data.workers, or one per CPU thread
+        workers = cfg.data.workers if cfg.data.workers is not None else torch.get_num_threads()
+        loader_kw = dict(channels_last=t.channels_last, workers=workers)
+        self.train_loader = make_loader(self.data, "train", t.batch_size, self.device, train=True,
+                                        seed=t.seed, **loader_kw)
+        self.val_loader = make_loader(self.data, "val", 512, self.device, **loader_kw)
+        self.test_loader = None if self.data.test is None else make_loader(
+            self.data, "test", 512, self.device, **loader_kw)
         # an allocation records errors with autograd hooks: eager (t.compile true is refused then)
         self.compiled = self.allocator is None and (
             t.compile is True or (t.compile == "auto" and self.device.type == "cuda"))

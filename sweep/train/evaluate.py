@@ -4,12 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sweep.train.loader import BatchLoader
-
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, loader: BatchLoader, autocast_dtype=None) -> dict:
-    """Loss and accuracy of ``model`` over one pass of ``loader`` (eval mode)."""
+def evaluate_model(model: torch.nn.Module, loader, autocast_dtype=None) -> dict:
+    """Loss and accuracy of ``model`` over one pass of ``loader`` (eval mode): a
+    ``BatchLoader`` or a ``FolderLoader`` (``sweep.train.loader.make_loader``)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0

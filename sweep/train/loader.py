@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchLoader", "crop_flip", "epoch_generator"]
+__all__ = ["BatchLoader", "Normalise", "crop_flip", "epoch_generator", "make_loader"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -44,6 +44,39 @@ def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
         cols = torch.where(flip[:, None], cols.flip(1), cols)
     index = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
     return xp.view(b, c, -1).gather(2, index).view(b, c, h, w)
+
+
+class Normalise:
+    """uint8 batches to normalised floats on ``device``: ``(x/255 - mean)/std`` as one
+    affine map, ``x * 1/(255 std) - mean/std``, in ``dtype`` and ``memory_format``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32):
+        std64, mean64 = np.asarray(std, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+        self.scale = torch.tensor(1.0 / (255.0 * std64), dtype=torch.float32,
+                                  device=device).view(1, -1, 1, 1)
+        self.shift = torch.tensor(-mean64 / std64, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.dtype = dtype
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        out = xb.to(torch.float32, memory_format=self.memory_format)
+        out.mul_(self.scale).add_(self.shift)
+        return out if self.dtype == torch.float32 else out.to(self.dtype)
+
+
+def make_loader(bundle, split: str, batch_size: int, device="cpu", train: bool = False,
+                seed: int = 0, workers: int = 0, **kwargs):
+    """The loader of ``bundle.<split>``: a ``BatchLoader`` for images held in memory, a
+    ``sweep.train.folder.FolderLoader`` (``workers`` processes) for a ``FileSplit``."""
+    from sweep.train.data import FileSplit
+    part = getattr(bundle, split)
+    if isinstance(part, FileSplit):
+        from sweep.train.folder import FolderLoader
+        return FolderLoader(part, batch_size, device, bundle.mean, bundle.std, train=train,
+                            image_size=bundle.image_size[0], flip=bundle.flip, seed=seed,
+                            workers=workers, **kwargs)
+    return BatchLoader.from_bundle(bundle, split, batch_size, device, train=train, seed=seed, **kwargs)
 
 
 class BatchLoader:
@@ -82,14 +115,7 @@ class BatchLoader:
         self.flip = bool(flip) and self.train
         self.seed = int(seed)
         self.drop_last = bool(drop_last) and self.train
-        self.dtype = dtype
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        std64 = np.asarray(std, dtype=np.float64)
-        mean64 = np.asarray(mean, dtype=np.float64)
-        self._scale = torch.tensor(1.0 / (255.0 * std64), dtype=torch.float32,
-                                   device=self.device).view(1, -1, 1, 1)
-        self._shift = torch.tensor(-mean64 / std64, dtype=torch.float32,
-                                   device=self.device).view(1, -1, 1, 1)
+        self._normalise = Normalise(mean, std, self.device, channels_last, dtype)
         self._next_epoch = 0
 
     @classmethod
@@ -145,8 +171,3 @@ class BatchLoader:
         dx = torch.randint(0, span, (n,), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
         return tuple(t.to(self.device) for t in (order, dy, dx, flips))
-
-    def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
-        out = xb.to(torch.float32, memory_format=self.memory_format)
-        out.mul_(self._scale).add_(self._shift)              # (x/255 - mean)/std, one affine map
-        return out if self.dtype == torch.float32 else out.to(self.dtype)

@@ -411,7 +411,7 @@ def test_the_key_table_is_derived_from_the_schema():
     assert {k for k in KEYS if k.startswith("train.")} == {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)}
     assert {k for k in KEYS if k.startswith("data.synthetic.")} == {
         f"data.synthetic.{f.name}" for f in dataclasses.fields(SyntheticConfig)}
-    assert "data.synthetic" in SUBSECTIONS and len(dataclasses.fields(DataConfig)) == 11
+    assert "data.synthetic" in SUBSECTIONS and len(dataclasses.fields(DataConfig)) == 13
     defaults = resolve_trial({}).quant
     assert dataclasses.replace(defaults, act_scheme=None) == QuantPolicy()   # one set of defaults
     assert resolve_trial({}).data.synthetic.seed == 0                        # the data's own default

@@ -274,6 +274,16 @@ def test_published_files_load_and_mark_mnist_train_split():
     readme = [p for p in mnist if p.source == "APoT MNIST README"]
     assert len(readme) == 16 and {p.split for p in readme} == {"train"}
     assert all(p.split == "test" for p in mnist if p not in readme)
+    imagenet = load_published(os.path.join(folder, "apot_imagenet.yaml"))
+    assert {(p.model, p.w_bits, p.scheme, p.accuracy) for p in imagenet} >= {
+        ("resnet18", 2, "apot", 66.46), ("resnet50", 3, "apot", 75.92), ("resnet18", 4, "uniform", 70.54)}
+    assert len(imagenet) == 12 and {(p.dataset, p.split) for p in imagenet} == {("imagenet", "test")}
+    dambq = load_published(os.path.join(folder, "dambq_resnet20.yaml"))
+    assert [p.accuracy for p in dambq if p.w_bits == 2] == [91.69, 92.13, 92.32]
+    every = sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))
+    assert set(every) >= {"apot_cifar10.yaml", "apot_imagenet.yaml", "apot_mnist.yaml",
+                          "dambq_resnet20.yaml", "ngrid_cifar100.yaml"}      # one per published table
+    assert all(load_published(os.path.join(folder, f)) for f in every)
     with pytest.raises(ReportError, match="cannot read it"):
         load_published(os.path.join(folder, "missing.yaml"))
 

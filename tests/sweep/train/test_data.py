@@ -124,24 +124,6 @@ def test_synthetic_is_deterministic_and_learnable():
     assert any("computed" in n for n in a.notes)
 
 
-def test_imagefolder_loads_once_and_checks_sizes(tmp_path):
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 2)):
-        for cls in ("cat", "dog"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)).save(
-                    tmp_path / split / cls / f"{i}.png")
-    b = load_data(cfg(dataset="imagefolder", path=str(tmp_path)))
-    assert b.train.x.shape == (6, 3, 6, 7) and len(b.val) == 4
-    assert b.classes == ("cat", "dog") and b.train.y.tolist() == [0, 0, 0, 1, 1, 1]
-    odd = tmp_path / "val" / "dog" / "odd.png"
-    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(odd)
-    with pytest.raises(DataError, match=r"odd\.png is 9×9 pixels .* must all be one size"):
-        load_data(cfg(dataset="imagefolder", path=str(tmp_path)))
-
-
 # ---------------------------------------------------------------- errors
 
 def test_unknown_dataset_lists_the_valid_names():

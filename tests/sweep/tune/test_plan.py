@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,22 +19,36 @@ from sweep.tune.progress import ProgressTable, fmt
 from sweep.tune.lineage import pick_init
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+PUBLISHED = REPO / "search_spaces" / "published"     # --compare-to tables, not search spaces
+SPACES = sorted(p for p in (REPO / "search_spaces").rglob("*.yaml") if PUBLISHED not in p.parents)
 
 
 def test_search_spaces_are_shipped():
     names = {p.name for p in SPACES}
     assert {"smoke.yaml", "ngrid_z.yaml", "apot_vs_uniform.yaml", "progressive_resnet20.yaml",
-            "lr_wd_optuna.yaml", "bit_allocation.yaml", "dambq_resnet20.yaml"} <= names
+            "lr_wd_optuna.yaml", "apot_imagenet_resnet.yaml", "apot_mnist.yaml",
+            "apot_cifar_resnet56.yaml", "bit_allocation.yaml", "dambq_resnet20.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
-def test_every_search_space_passes_dry_run(path, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """An image folder for the spaces that name one (ImageNet's is not here)."""
+    from tests.support.files import image_folder
+    return image_folder(tmp_path_factory.mktemp("imagenet"), n_train=1, n_val=1)
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: str(p.relative_to(REPO / "search_spaces")))
+def test_every_search_space_passes_dry_run(path, tmp_path, monkeypatch, capsys, images):
+    """Every shipped space, in subfolders too, validates and ends with its cost estimate;
+    an image folder the file names is given by --set data.path."""
+    import yaml
     from sweep.cli.run import main
     monkeypatch.chdir(tmp_path)
-    assert main([str(path), "--dry-run"]) == 0
+    folder = (yaml.safe_load(path.read_text()).get("data") or {}).get("dataset") == "imagefolder"
+    assert main([str(path), "--dry-run", *(["--set", f"data.path={images}"] if folder else [])]) == 0
     out = capsys.readouterr().out
     assert "nothing was started" in out and "resources per trial" in out
+    assert re.search(r"\ncost estimate: [\d.,]+ GPU-hours, one NVIDIA H100 80GB per trial", out)
     assert list(tmp_path.iterdir()) == []            # no sweeps folder, no mlflow.db
 
 
