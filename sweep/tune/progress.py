@@ -9,9 +9,10 @@ test accuracy after the columns.
     0:49     8e1c2_00000  2             0.05      STOPPED     2/3    20.31  23.44  (ASHA)
     0:49     stage w2a2: 1 done, 1 running, 2 pending; ETA 2:23 (8 epochs left at 17.9 s/epoch, 1 at a time)
 
-The stage lines (``stage_line``) come after each trial that ends and whenever the table
-has been quiet for ``HEARTBEAT_S``: the trials done, running and pending, and the time
-the epochs still due would take at the epoch times measured so far.
+The stage lines (``stage_line``) come after each trial that ends, whenever the table
+has been quiet for ``HEARTBEAT_S`` and at least every ``STATUS_EVERY_S``: the trials
+done, running and pending, and the time the epochs still due would take at the epoch
+times measured so far.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from typing import TextIO
 
 from sweep.metrics import is_better
 
-__all__ = ["ProgressTable", "fmt", "clock", "stage_line", "HEARTBEAT_S"]
+__all__ = ["ProgressTable", "fmt", "clock", "stage_line", "HEARTBEAT_S", "STATUS_EVERY_S"]
 
-HEARTBEAT_S = 60.0          # a stage line after this long without one
+HEARTBEAT_S = 60.0          # a stage line after this long without any line
+STATUS_EVERY_S = 300.0      # and after this long without a stage line
 
 
 def fmt(value, width: int = 0) -> str:
@@ -83,20 +85,25 @@ class ProgressTable:
         self.best: dict[str, float] = {}
         self.widths = [11] + [max(len(p), 6) for p in self.params] + [9, 7, max(len(metric), 7), 7]
         self.header_done = False
-        self.t0 = self.printed = time.monotonic()
+        self.t0 = self.printed = self.status_at = time.monotonic()
 
     def elapsed(self) -> str:
         """``m:ss`` (``h:mm:ss`` past an hour) since the table was made."""
         return clock(int(time.monotonic() - self.t0))
 
-    def quiet(self, seconds: float) -> bool:
-        """True when the table has printed nothing for ``seconds`` (then the silence
-        counts as broken: True again only after another ``seconds``)."""
+    def due(self, quiet_s: float = HEARTBEAT_S, every_s: float = STATUS_EVERY_S) -> bool:
+        """True when the table has printed nothing for ``quiet_s``, or no stage line for
+        ``every_s`` (then the time counts from now: True again only after as long)."""
         now = time.monotonic()
-        if now - self.printed < seconds:
+        if now - self.printed < quiet_s and now - self.status_at < every_s:
             return False
-        self.printed = now
+        self.printed = self.status_at = now
         return True
+
+    def status(self, text: str) -> None:
+        """A stage line (``stage_line``)."""
+        self.line(text)
+        self.status_at = self.printed
 
     def _emit(self, cells: list[str], note: str = "", clock: str | None = None) -> None:
         if not self.header_done:

@@ -16,7 +16,7 @@ from sweep.labels import run_label
 from sweep.metrics import best_of
 from sweep.tune.lineage import checkpoint_label, init_source
 from sweep.tune.plan import StagePlan, searched_values
-from sweep.tune.progress import HEARTBEAT_S, ProgressTable, stage_line
+from sweep.tune.progress import ProgressTable, stage_line
 from sweep.tune.state import SweepState
 from sweep.tune.trainable import COST_KEYS, INITIAL_PREFIX, METRIC_KEYS
 from sweep.track.inputs import dataset_input
@@ -253,12 +253,12 @@ class StageRun:
         measured = list(self.epoch_s.values())
         epoch_s = sum(measured) / len(measured) if measured else None
         at_once = min(self.at_once, running + pending) or 1
-        self.table.line(stage_line(self.plan.name, done, running, pending, left, epoch_s,
-                                   at_once, self.plan.search.scheduler.type == "asha"))
+        self.table.status(stage_line(self.plan.name, done, running, pending, left, epoch_s,
+                                     at_once, self.plan.search.scheduler.type == "asha"))
 
     def heartbeat(self) -> None:
-        """The stage line again when the table has been quiet for ``HEARTBEAT_S``."""
-        if self.table.quiet(HEARTBEAT_S):
+        """The stage line again when it is due (``ProgressTable.due``)."""
+        if self.table.due():
             self.status()
 
     # ---- after the Tuner ---------------------------------------------------------

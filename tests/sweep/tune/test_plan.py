@@ -230,15 +230,19 @@ def test_stage_line_counts_trials_and_times_the_epochs_left():
     assert (clock(59.6), clock(3725)) == ("1:00", "1:02:05")
 
 
-def test_progress_table_breaks_a_silence_once_per_interval(capsys):
+def test_progress_table_says_when_a_stage_line_is_due(capsys):
     table = ProgressTable("val_acc", "max", [])
-    assert not table.quiet(60)                  # it has just been made
-    assert table.quiet(0) and table.quiet(0)
+    assert not table.due(60, 300)               # it has just been made
+    assert table.due(0, 300) and table.due(0, 300)
     table.printed -= 61                          # a minute without a line
-    assert table.quiet(60) and not table.quiet(60)
-    table.line("stage s: 0 done, 1 running, 0 pending")
-    assert not table.quiet(60)
-    assert capsys.readouterr().out.split(None, 1) == ["0:00", "stage s: 0 done, 1 running, 0 pending\n"]
+    assert table.due(60, 300) and not table.due(60, 300)
+    table.status("stage s: 0 done, 1 running, 0 pending")
+    table.status_at -= 301                       # lines, but no stage line for 5 minutes
+    table.line("an epoch")
+    assert table.due(60, 300) and not table.due(60, 300)
+    out = capsys.readouterr().out.splitlines()
+    assert [l.split(None, 1) for l in out] == [["0:00", "stage s: 0 done, 1 running, 0 pending"],
+                                               ["0:00", "an epoch"]]
 
 
 # Malformed files and overrides: exit 2 with one message naming the key, before Ray or
