@@ -132,5 +132,7 @@ def run_link(base_url: str, experiment_id: str, run_id: str) -> str:
 
 
 def model_link(base_url: str, name: str, version: str | int) -> str:
-    """A link that opens a registered model version's page."""
-    return f"{base_url.rstrip('/')}/#/models/{name}/versions/{version}"
+    """A link that opens a registered model version's page, with the UI's training
+    navigation (not its GenAI one)."""
+    return (f"{base_url.rstrip('/')}/#/models/{name}/versions/{version}"
+            "?workflowType=machine_learning")

@@ -21,6 +21,7 @@ from sweep.tune.state import SweepState
 from sweep.tune.trainable import COST_KEYS, INITIAL_PREFIX, METRIC_KEYS
 from sweep.track.inputs import dataset_input
 from sweep.track.recorder import SweepRecorder
+from sweep.track.views import ACCURACY_AND_LOSS, FIGURES
 from sweep.track.names import (ALPHAS_ARTIFACT, BEST_EPOCH_METRIC, BEST_TRIAL_TAG,
                                BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE,
                                TEST_AT_BEST_METRIC)
@@ -47,6 +48,17 @@ def _epoch_metrics(result: dict) -> dict:
     ``alpha/...`` key that holds a number."""
     return {k: v for k, v in result.items()
             if (k in METRIC_KEYS or str(k).startswith("alpha/")) and isinstance(v, (int, float))}
+
+
+_FIRST = (*FIGURES, *ACCURACY_AND_LOSS)
+
+
+def _shown_first(metrics: dict) -> dict:
+    """The figures to quote, then accuracy and loss, then the rest, the thresholds last:
+    the order a run's page lists its metrics in (the order they were first logged)."""
+    rank = {k: i for i, k in enumerate(_FIRST)}
+    return dict(sorted(metrics.items(), key=lambda kv: (
+        rank.get(kv[0], len(rank)), str(kv[0]).startswith("alpha/"))))
 
 
 def best_kept(kept: list) -> tuple:
@@ -91,8 +103,12 @@ class StageRun:
         return epochs if isinstance(epochs, int) else None
 
     def run_name(self, trial_id: str, config: dict) -> str:
-        """What varies, readable (``w4a4 lr=0.01``), else the trial id."""
-        return run_label(self.values(config)) or trial_id
+        """What varies, readable (``w4a4 lr=0.01``); when nothing does, the trial's bits
+        (``w2a2``), or its trial id when its layers have bits of their own."""
+        quant = (config.get("tree") or {}).get("quant") or {}
+        bits = {} if quant.get("layers") else {
+            k: quant.get(k.split(".")[1]) for k in ("quant.w_bits", "quant.a_bits")}
+        return run_label(self.values(config)) or run_label(bits) or trial_id
 
     def _at_best(self, trial_id: str, result: dict) -> dict:
         """``best_epoch``, ``best_val_acc``, ``test_acc_at_best`` after this epoch's
@@ -152,11 +168,11 @@ class StageRun:
             return                               # reported at completion / closed already
         metrics = _epoch_metrics(result)
         self.alphas[trial_id] = {k[len("alpha/"):]: v for k, v in metrics.items() if k.startswith("alpha/")}
-        metrics.update(self._at_best(trial_id, result))
+        metrics = _shown_first({**metrics, **self._at_best(trial_id, result)})
         if self.recorder.run_id(trial_id) is None:
             self.trial_started(trial_id, config)
-        self._log_cost(trial_id, result)
         logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
+        self._log_cost(trial_id, result)     # after: the run page lists metrics as logged
         extra = [f"{result['epoch_time_s']:.1f} s/epoch"] if _finite(result.get("epoch_time_s")) else []
         if _finite(result.get("test_acc")) is not None and self.plan.search.metric != "test_acc":
             extra.append(f"test_acc {result['test_acc']:.2f}")

@@ -21,6 +21,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from sweep.config import get_dotted
 from sweep.config.space import to_plain
 from sweep.track import names, store, views
 from sweep.track.pytorch_model import save_pytorch_model
@@ -103,11 +104,20 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
             "init_candidates": lineage.init_candidates(plan, state), "init_files": init_files}
     trainable = tune.with_resources(tune.with_parameters(train_trial, data_refs=refs),
                                     {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
-    overrides = {f"stage.set.{k}": v for k, v in to_plain(exp.stage(plan.name).overrides).items()}
+    stage_set = to_plain(exp.stage(plan.name).overrides)
+    overrides = {f"stage.set.{k}": v for k, v in stage_set.items()}
+    # the values every trial of the stage takes, under their own keys: the runs table's
+    # parameter columns then fill the stage's row too
+    shared = {}
+    for key in stage_set:
+        values = {json.dumps(get_dotted(t, key, None), default=str) for t in plan.arm_trees}
+        value = get_dotted(plan.arm_trees[0], key, None)
+        if len(values) == 1 and isinstance(value, (str, int, float, bool)):
+            shared[key] = value
     recorder.stage_run(plan.name, params={
         "stage": plan.name, "search.algorithm": s.algorithm, "search.num_samples": s.num_samples,
         "search.metric": s.metric, "search.mode": s.mode, "search.scheduler": s.scheduler.type,
-        "trials": plan.num_trials(), **overrides})
+        "trials": plan.num_trials(), **overrides, **shared})
     try:                                    # what was run: the file and the command line
         recorder.log_stage_file(plan.name, exp.file, names.EXPERIMENT_FILE_DIR)
         recorder.log_stage_text(plan.name, shlex.join([os.path.basename(sys.executable),

@@ -187,7 +187,8 @@ def test_progress_lines_links_views_and_thresholds_before_training(done):
         assert (f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
                 f"&compareRunsMode=CHART&viewStateShareKey=sweep-best-{name}") in out
         version = client.get_model_version_by_alias(f"{NAME}-resnet20", f"{name}-best")
-        assert f"#/models/{NAME}-resnet20/versions/{version.version}" in out
+        assert (f"#/models/{NAME}-resnet20/versions/{version.version}"
+                "?workflowType=machine_learning") in out
     assert f"viewStateShareKey=sweep-runs" in out and "mlflow.sharedViewState.sweep-runs" in exp.tags
     for run in trials:
         history = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
