@@ -109,9 +109,8 @@ def plot_acc_vs_z(rows: list[Row], stage: str, path: str, published=None) -> str
         for r in grp:
             per_z.setdefault(r.z, []).append(r)
         pts = [_best_row(per_z[z]) for z in sorted(per_z)]
-        n = "/".join(sorted({str(len(p.trials)) for p in pts}))
         _errorbar(ax, pts, [p.z for p in pts], color=color,
-                  label=f"N_grid {model} {dataset} {bits} (n={n} seeds)")
+                  label=f"N_grid {model} {dataset} {bits} ({seeds_note(pts)})")
         apot = [r for r in rows if r.stage == stage and r.scheme == "apot"
                 and (r.model, r.dataset, r.bits_label) == (model, dataset, bits)
                 and r.reported is not None]
@@ -267,7 +266,10 @@ def plot_pareto(rows: list[Row], path: str) -> str | None:
 def _run_title(trial: Trial) -> str:
     row = Row([trial], [])
     z = f", Z={_g(row.z)}" if isinstance(row.z, (int, float)) else ""
-    return (f"{trial.stage} / trial {trial.trial_id} (run {trial.run_id[:8]}): "
+    named = trial.run_name if trial.run_name and trial.run_name != trial.trial_id else ""
+    who = f"{named} (trial {trial.trial_id}, run {trial.run_id[:8]})" if named else \
+        f"trial {trial.trial_id} (run {trial.run_id[:8]})"
+    return (f"{trial.stage} / {who}: "
             f"{row.model} {row.dataset} {row.bits_label} {row.scheme}{z}")
 
 
@@ -296,35 +298,47 @@ def plot_alphas(alphas: dict[str, dict[str, float]], title: str, path: str,
     return _save(fig, path)
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+LEGEND_ROWS = 30                # layers per legend column
+
+
+def layer_styles(n: int) -> list[tuple[str, str]]:
+    """(colour, line style) of ``n`` layers, no two alike up to 80: the 20 colours of
+    ``tab20`` under each of four line styles."""
+    import matplotlib
+    colours = matplotlib.colormaps["tab20"].colors
+    return [(colours[i % 20], LINE_STYLES[(i // 20) % 4]) for i in range(n)]
+
+
 def plot_alpha_trajectories(history: dict[str, dict[str, dict[int, float]]], title: str,
                             path: str) -> str | None:
-    """Each layer's threshold against epoch, coloured first layer -> last layer."""
+    """Each layer's threshold against epoch (step 0: before training), every layer named
+    in the legend beside the plots, first layer to last."""
     layers = sorted(set(history["weight"]) | set(history["act"]), key=natural_key)
     if not layers:
         return None
-    import matplotlib
-    cmap = matplotlib.colormaps["viridis"]
-    fig = Figure(figsize=(8, 6.5))
+    columns = math.ceil(len(layers) / LEGEND_ROWS)
+    fig = Figure(figsize=(8 + 1.8 * columns, max(6.5, 0.16 * min(len(layers), LEGEND_ROWS) + 1.5)))
     axes = fig.subplots(2, 1, sharex=True)
+    styles = dict(zip(layers, layer_styles(len(layers))))
     for ax, kind, label in ((axes[0], "weight", "weight alpha"),
                             (axes[1], "act", "activation alpha")):
-        for i, name in enumerate(layers):
+        for name in layers:
             series = history[kind].get(name)
             if series:
                 steps = sorted(series)
-                ax.plot(steps, [series[s] for s in steps], color=cmap(i / max(len(layers) - 1, 1)),
-                        linewidth=1, label=name if len(layers) <= 10 else None)
+                colour, style = styles[name]
+                ax.plot(steps, [series[s] for s in steps], color=colour, linestyle=style,
+                        linewidth=1.2, marker="." if len(steps) < 3 else None)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    if len(layers) <= 10:
-        axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
-        sm = matplotlib.cm.ScalarMappable(cmap=cmap,
-                                          norm=matplotlib.colors.Normalize(0, len(layers) - 1))
-        bar = fig.colorbar(sm, ax=list(axes), fraction=0.03, pad=0.02)
-        bar.set_label(f"layer index ({layers[0]} … {layers[-1]})")
-    axes[1].set_xlabel("epoch")
+    axes[1].set_xlabel("epoch (0: before training)")
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=c, linestyle=ls, linewidth=1.2) for c, ls in
+               (styles[name] for name in layers)]
+    fig.legend(handles, layers, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=columns,
+               fontsize=7, title="layer", title_fontsize=8, frameon=False)
     fig.suptitle(title + "\nclipping thresholds over epochs", fontsize=9)
     return _save(fig, path)
 
@@ -359,7 +373,7 @@ def write_plots(results: ExperimentResults, rows: list[Row], out_dir: str, *,
     if path:
         drawn = [r.stage for r in rows if not r.full_precision and r.reported is not None]
         made.append((path, list(dict.fromkeys(drawn))))
-    path = plot_pareto(rows, os.path.join(out_dir, "pareto.png"))
+    path = plot_pareto(rows, os.path.join(out_dir, f"pareto.{fmt}"))
     if path:
         drawn = [r.stage for r in rows if r.cost and r.reported is not None]
         made.append((path, list(dict.fromkeys(drawn))))

@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterator
 from mlflow import MlflowClient
 
 __all__ = ["default_tracking_uri", "sqlite_path", "is_http", "prepare_store", "paged",
-           "delete_experiment_runs", "ui_command", "experiment_link"]
+           "delete_experiment_runs", "ui_command", "experiment_link", "view_link", "run_link",
+           "model_link"]
 
 PAGE_SIZE = 1000
 
@@ -115,6 +116,13 @@ def experiment_link(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+def view_link(base_url: str, experiment_id: str, view_id: str, charts: bool = False) -> str:
+    """A link that opens a saved view of the experiment's runs (``sweep.track.views``),
+    as its table or (``charts``) its charts. It names the runs tab itself: the UI's
+    redirect from the bare experiment page drops the view."""
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning{mode}&viewStateShareKey={view_id}")
 
 
 def run_link(base_url: str, experiment_id: str, run_id: str) -> str:
@@ -124,5 +132,7 @@ def run_link(base_url: str, experiment_id: str, run_id: str) -> str:
 
 
 def model_link(base_url: str, name: str, version: str | int) -> str:
-    """A link that opens a registered model version's page."""
-    return f"{base_url.rstrip('/')}/#/models/{name}/versions/{version}"
+    """A link that opens a registered model version's page, with the UI's training
+    navigation (not its GenAI one)."""
+    return (f"{base_url.rstrip('/')}/#/models/{name}/versions/{version}"
+            "?workflowType=machine_learning")

@@ -30,14 +30,17 @@ class SweepCallback(tune.Callback):
     def __setstate__(self, state):
         self.key = state["key"]
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn, *args, redone: bool = True, **kwargs):
         run = _LIVE.get(self.key)
         if run is None:
             return
         try:
             fn(run, *args, **kwargs)
         except Exception as exc:                # noqa: BLE001 - never stop the sweep for a record
-            run._warn(f"{what} (it is redone when the stage ends)", exc)
+            run._warn(what + (" (it is redone when the stage ends)" if redone else ""), exc)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._call("printing the stage line", StageRun.heartbeat, redone=False)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._call(f"trial {trial.trial_id}: opening its MLflow run", StageRun.trial_started,

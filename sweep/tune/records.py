@@ -16,11 +16,12 @@ from sweep.labels import run_label
 from sweep.metrics import best_of
 from sweep.tune.lineage import checkpoint_label, init_source
 from sweep.tune.plan import StagePlan, searched_values
-from sweep.tune.progress import ProgressTable
+from sweep.tune.progress import ProgressTable, stage_line
 from sweep.tune.state import SweepState
-from sweep.tune.trainable import COST_KEYS, METRIC_KEYS
+from sweep.tune.trainable import COST_KEYS, INITIAL_PREFIX, METRIC_KEYS
 from sweep.track.inputs import dataset_input
 from sweep.track.recorder import SweepRecorder
+from sweep.track.views import ACCURACY_AND_LOSS, FIGURES
 from sweep.track.names import (ALPHAS_ARTIFACT, BEST_EPOCH_METRIC, BEST_TRIAL_TAG,
                                BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE,
                                TEST_AT_BEST_METRIC)
@@ -55,6 +56,17 @@ def _epoch_metrics(result: dict) -> dict:
     return out
 
 
+_FIRST = (*FIGURES, *ACCURACY_AND_LOSS)
+
+
+def _shown_first(metrics: dict) -> dict:
+    """The figures to quote, then accuracy and loss, then the rest, the thresholds last:
+    the order a run's page lists its metrics in (the order they were first logged)."""
+    rank = {k: i for i, k in enumerate(_FIRST)}
+    return dict(sorted(metrics.items(), key=lambda kv: (
+        rank.get(kv[0], len(rank)), str(kv[0]).startswith("alpha/"))))
+
+
 def best_kept(kept: list) -> tuple:
     """(checkpoint, metrics) of the best epoch among Ray's kept checkpoints: the newest
     one reported with ``is_best=1`` (the engine's best so far), else the newest one."""
@@ -80,6 +92,10 @@ class StageRun:
         self.table = ProgressTable(plan.search.metric, plan.search.mode, plan.searched, out)
         self.alphas: dict[str, dict] = {}
         self.at_best: dict[str, dict] = {}      # trial -> the figures to quote so far
+        self.running: set[str] = set()           # trials started and not closed
+        self.at_once = 1                         # the most trials seen running together
+        self.epochs_done: dict[str, tuple[int, int | None]] = {}   # trial -> (epoch, of)
+        self.epoch_s: dict[str, float] = {}      # trial -> its latest epoch's seconds
         self.entry = state.stage(plan.name)
         if plan.budgeted:         # draws rejected while planning (grid/random); Optuna's count on
             self.entry.setdefault("rejected_over_budget", plan.rejected() or 0)
@@ -93,8 +109,12 @@ class StageRun:
         return epochs if isinstance(epochs, int) else None
 
     def run_name(self, trial_id: str, config: dict) -> str:
-        """What varies, readable (``w4a4 lr=0.01``), else the trial id."""
-        return run_label(self.values(config)) or trial_id
+        """What varies, readable (``w4a4 lr=0.01``); when nothing does, the trial's bits
+        (``w2a2``), or its trial id when its layers have bits of their own."""
+        quant = (config.get("tree") or {}).get("quant") or {}
+        bits = {} if quant.get("layers") else {
+            k: quant.get(k.split(".")[1]) for k in ("quant.w_bits", "quant.a_bits")}
+        return run_label(self.values(config)) or run_label(bits) or trial_id
 
     def _at_best(self, trial_id: str, result: dict) -> dict:
         """``best_epoch``, ``best_val_acc``, ``test_acc_at_best`` after this epoch's
@@ -113,9 +133,13 @@ class StageRun:
         print(f"warning: {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
     def _log_cost(self, trial_id: str, result: dict) -> None:
-        cost = {k: result[k] for k in COST_KEYS if isinstance(result.get(k), (int, float))}
-        if cost:
-            self.recorder.log_once(trial_id, cost, step=0)
+        """What a trial logs once, at step 0: its cost metrics and its clipping thresholds
+        before training."""
+        once = {k: result[k] for k in COST_KEYS if isinstance(result.get(k), (int, float))}
+        once.update({k[len(INITIAL_PREFIX):]: v for k, v in result.items()
+                     if str(k).startswith(INITIAL_PREFIX) and _finite(v) is not None})
+        if once:
+            self.recorder.log_once(trial_id, once, step=0)
 
     def count_rejection(self, cost) -> None:
         """The searcher rejected a configuration over the budget (it is never trained)."""
@@ -129,6 +153,8 @@ class StageRun:
     def trial_started(self, trial_id: str, config: dict) -> None:
         if trial_id in self.entry["trials"]:
             return              # closed already; Ray restarts it after a killed driver
+        self.running.add(trial_id)
+        self.at_once = max(self.at_once, len(self.running))
         cfg = resolve_trial(config["tree"])
         _, lineage, _ = init_source(cfg, config["_sweep"])
         tags = {**lineage, "sweep.experiment": self.recorder.experiment_name}
@@ -148,15 +174,18 @@ class StageRun:
             return                               # reported at completion / closed already
         metrics = _epoch_metrics(result)
         self.alphas[trial_id] = {k[len("alpha/"):]: v for k, v in metrics.items() if k.startswith("alpha/")}
-        metrics.update(self._at_best(trial_id, result))
+        metrics = _shown_first({**metrics, **self._at_best(trial_id, result)})
         if self.recorder.run_id(trial_id) is None:
             self.trial_started(trial_id, config)
-        self._log_cost(trial_id, result)
         logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
+        self._log_cost(trial_id, result)     # after: the run page lists metrics as logged
         extra = [f"{result['epoch_time_s']:.1f} s/epoch"] if _finite(result.get("epoch_time_s")) else []
         if _finite(result.get("test_acc")) is not None and self.plan.search.metric != "test_acc":
             extra.append(f"test_acc {result['test_acc']:.2f}")
         note = f"({', '.join(extra)})" if extra else ""
+        self.epochs_done[trial_id] = (int(result["epoch"]), self._epochs(config))
+        if _finite(result.get("epoch_time_s")):
+            self.epoch_s[trial_id] = float(result["epoch_time_s"])
         self.table.row(trial_id, self.values(config), "RUNNING", result["epoch"],
                        result.get(self.plan.search.metric),
                        note if logged else "(replayed, not logged again)",
@@ -228,7 +257,31 @@ class StageRun:
         note = "(ASHA)" if stopped else (f"({summary['failure']}: {summary['error']})" if status == "FAILED" else "")
         self.table.row(trial_id, summary["values"], shown, epoch, last.get(metric), note,
                        epochs=cfg.train.epochs)
+        self.running.discard(trial_id)
+        self.status()
         return summary
+
+    # ---- the stage line ----------------------------------------------------------
+    def status(self) -> None:
+        """Print the stage line: trials done, running and pending, and the ETA of the
+        epochs still due at the measured epoch times (``sweep.tune.progress``)."""
+        done = len(self.entry["trials"])
+        running = len(self.running)
+        pending = max(self.plan.num_trials() - done - running, 0)
+        left = sum(max((of or self.plan.max_epochs()) - epoch, 0) for t, (epoch, of) in self.epochs_done.items()
+                   if t in self.running)
+        left += sum(self.plan.max_epochs() for t in self.running if t not in self.epochs_done)
+        left += pending * self.plan.max_epochs()
+        measured = list(self.epoch_s.values())
+        epoch_s = sum(measured) / len(measured) if measured else None
+        at_once = min(self.at_once, running + pending) or 1
+        self.table.status(stage_line(self.plan.name, done, running, pending, left, epoch_s,
+                                     at_once, self.plan.search.scheduler.type == "asha"))
+
+    def heartbeat(self) -> None:
+        """The stage line again when it is due (``ProgressTable.due``)."""
+        if self.table.due():
+            self.status()
 
     # ---- after the Tuner ---------------------------------------------------------
     def reconcile(self, results) -> None:

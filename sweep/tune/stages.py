@@ -21,8 +21,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from sweep.config import get_dotted
 from sweep.config.space import to_plain
-from sweep.track import names, store
+from sweep.track import names, store, views
 from sweep.track.pytorch_model import save_pytorch_model
 from sweep.tune import lineage
 from sweep.tune.callback import SweepCallback, register
@@ -103,11 +104,20 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
             "init_candidates": lineage.init_candidates(plan, state), "init_files": init_files}
     trainable = tune.with_resources(tune.with_parameters(train_trial, data_refs=refs),
                                     {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
-    overrides = {f"stage.set.{k}": v for k, v in to_plain(exp.stage(plan.name).overrides).items()}
+    stage_set = to_plain(exp.stage(plan.name).overrides)
+    overrides = {f"stage.set.{k}": v for k, v in stage_set.items()}
+    # the values every trial of the stage takes, under their own keys: the runs table's
+    # parameter columns then fill the stage's row too
+    shared = {}
+    for key in stage_set:
+        values = {json.dumps(get_dotted(t, key, None), default=str) for t in plan.arm_trees}
+        value = get_dotted(plan.arm_trees[0], key, None)
+        if len(values) == 1 and isinstance(value, (str, int, float, bool)):
+            shared[key] = value
     recorder.stage_run(plan.name, params={
         "stage": plan.name, "search.algorithm": s.algorithm, "search.num_samples": s.num_samples,
         "search.metric": s.metric, "search.mode": s.mode, "search.scheduler": s.scheduler.type,
-        "trials": plan.num_trials(), **overrides})
+        "trials": plan.num_trials(), **overrides, **shared})
     try:                                    # what was run: the file and the command line
         recorder.log_stage_file(plan.name, exp.file, names.EXPERIMENT_FILE_DIR)
         recorder.log_stage_text(plan.name, shlex.join([os.path.basename(sys.executable),
@@ -150,6 +160,11 @@ def _run_stage(plan: StagePlan, exp, paths, args, recorder, state, refs, init_fi
     entry["status"] = "finished"
     entry["seconds"] = round(time.time() - started, 1)
     _register_best(exp, plan, recorder, entry, os.path.join(paths.state, "cache"))
+    if entry["best"]:
+        best = entry["best"]
+        _save_view(recorder, views.charts_view_id(plan.name),
+                   f"{plan.name} best ({best.get('run_name') or best['trial_id']}): charts",
+                   views.charts_state(best["run_id"]))
     state.save()
     if plan.budgeted:
         recorder.log_stage_metrics(plan.name, {"rejected_over_budget": entry.get("rejected_over_budget", 0)})
@@ -162,6 +177,25 @@ def _restorable(stage_dir: str, remote: bool) -> bool:
     if not tune.Tuner.can_restore(stage_dir):
         return False
     return remote or bool(glob.glob(os.path.join(stage_dir, "experiment_state-*.json")))
+
+
+def _save_view(recorder, view_id: str, name: str, state: dict) -> None:
+    """A saved view of the experiment in the MLflow UI (``sweep.track.views``); the
+    sweep goes on without it."""
+    try:
+        views.save_view(recorder.client, recorder.experiment_id, view_id, name, state)
+    except Exception as exc:                # noqa: BLE001 - the records stand without it
+        print(f"warning: saving the MLflow view {name!r} failed: {exc}", file=sys.stderr)
+
+
+def _table_params(exp, plans) -> list[str]:
+    """The parameters the runs table shows: what each stage searches or sets (its
+    ``train.init`` aside)."""
+    keys = []
+    for plan in plans:
+        keys += plan.searched
+        keys += [k for k in exp.stage(plan.name).overrides if k != "train.init"]
+    return list(dict.fromkeys(keys))
 
 
 def _version_tags(recorder, t: dict, metric: str) -> dict:
@@ -248,6 +282,8 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{args.file}: train.init: {first}", file=sys.stderr)
         return 2
+    _save_view(recorder, views.RUNS_VIEW, f"{exp.name}: runs and the figures to quote",
+               views.runs_table_state(_table_params(exp, plans)))
     refs = {key: ray.put(bundle.to_arrays()) for key, bundle in bundles.items()}
     skipped = []
     for plan in plans:
@@ -296,8 +332,9 @@ def _summary(exp, plans, paths, recorder, state, skipped, t0: float) -> int:
             continue
         metric = plan.search.metric
         took = f" in {_duration(entry['seconds'])}" if entry.get("seconds") is not None else ""
-        print(f"stage {plan.name}{took}: best trial {best.get('run_name') or best['trial_id']} "
-              f"({best['trial_id']}): {metric} {fmt(best['metric'])} "
+        named = best.get("run_name") or best["trial_id"]
+        named += f" ({best['trial_id']})" if named != best["trial_id"] else ""
+        print(f"stage {plan.name}{took}: best trial {named}: {metric} {fmt(best['metric'])} "
               f"at epoch {best['best_epoch']} of {best['epochs']}; {counts}")
         if "rejected_over_budget" in entry:
             print(f"  budget:     {entry['rejected_over_budget']} configuration(s) over quant.budget "
@@ -314,6 +351,12 @@ def _summary(exp, plans, paths, recorder, state, skipped, t0: float) -> int:
               + "".join(f"; registered {v}" for v in (entry.get("registered") or {}).values()))
         if ui or store.is_http(paths.mlflow):
             print(f"              {store.run_link(base, recorder.experiment_id, best['run_id'])}")
+            charts = store.view_link(base, recorder.experiment_id,
+                                     views.charts_view_id(plan.name), charts=True)
+            print(f"  charts:     {charts}")
+            for uri in (entry.get("registered_versions") or {}).values():
+                name, version = uri[len("models:/"):].rsplit("/", 1)
+                print(f"  model:      {store.model_link(base, name, version)}")
         print(f"  evaluate:   python -m sweep.evaluate {best['checkpoint']}")
         for uri in (entry.get("registered_versions") or {}).values():
             print(f"              python -m sweep.evaluate {uri}")
@@ -326,5 +369,7 @@ def _summary(exp, plans, paths, recorder, state, skipped, t0: float) -> int:
             print(f"  {stage} {t['trial_id']}: {t['failure']}: {t['error']}")
     if ui:
         print(f"MLflow UI:  {ui}")
-    print(f"  open {store.experiment_link(base, recorder.experiment_id)}", flush=True)
+    print(f"  open {store.experiment_link(base, recorder.experiment_id)}")
+    print(f"  or, with the figures to quote as columns, "
+          f"{store.view_link(base, recorder.experiment_id, views.RUNS_VIEW)}", flush=True)
     return 1 if (failed or skipped or empty) else 0

@@ -11,9 +11,12 @@ bound with ``tune.with_parameters``), keyed by ``data_key(cfg.data)``.
 Each epoch is reported once: ``tune.report(metrics, checkpoint=...)`` with a folder
 holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``;
 every epoch's result also carries the trial's ``COST_KEYS`` (average bits, weight size, BOPs of
-``sweep.train.bits.bits_record``) at its start, which the driver logs once, at step 0. With
-a bit allocation the engine's ``bits/...`` metrics carry them as they are after each
-epoch, and each epoch's ``bits.json`` is written anew (its per-channel bits).
+``sweep.train.bits.bits_record``) and its clipping thresholds before training (under
+``INITIAL_PREFIX``: the values loaded from ``train.init``, else the initial ones), which
+the driver logs once, at step 0 (as ``alpha/...``; ``train.eval_before`` logs them with
+its step 0 instead). With a bit allocation the engine's ``bits/...`` metrics carry the
+bits as they are after each epoch, and each epoch's ``bits.json`` is written anew (its
+per-channel bits).
 ``is_best`` (1 or 0) is the checkpoint score, so Ray keeps the best epoch's checkpoint
 (and the latest). A restart resumes from ``tune.get_checkpoint()``. A NaN/inf loss is
 not retried: the trial reports ``failure: nan_loss`` and returns.
@@ -30,13 +33,15 @@ from sweep.files import atomic_write_json
 from sweep.track.names import BITS_ARTIFACT, CHECKPOINT_FILE
 from sweep.tune.lineage import data_key, init_source
 
-__all__ = ["train_trial", "METRIC_KEYS", "COST_KEYS"]
+__all__ = ["train_trial", "METRIC_KEYS", "COST_KEYS", "INITIAL_PREFIX"]
 
 # What the driver logs to MLflow each epoch (plus every "alpha/..." key).
 METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
                "epoch_time_s")
 # What every result also carries and the driver logs once, at step 0 (quant.cost).
 COST_KEYS = ("avg_w_bits", "avg_a_bits", "weight_size_bytes", "bops")
+# + "alpha/<kind>/<layer>": a threshold before training, which the driver logs at step 0.
+INITIAL_PREFIX = "initial/"
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,8 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
     ``tune.with_parameters``)."""
     import torch
     from ray import tune
+
+    import quant
     from sweep.train.bits import bits_record
     from sweep.train.engine import NonFiniteLoss, Trainer
 
@@ -81,6 +88,8 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
         return
     data = _bundle(cfg, data_refs)
     trainer = Trainer(cfg, data=data, metric=metric, mode=mode, init_path=init_path, log=log.info)
+    before = {} if cfg.train.eval_before else {
+        f"{INITIAL_PREFIX}alpha/{k}": v for k, v in quant.alphas(trainer.model).items()}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         _resume(trainer, checkpoint)
@@ -95,7 +104,7 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
 
     def on_epoch(metrics: dict, tr) -> None:
         result = {k: v for k, v in metrics.items() if k != "is_best"}
-        result.update(best_so_far(metrics.get("is_best")), **cost)
+        result.update(best_so_far(metrics.get("is_best")), **cost, **before)
         with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
             tr.save(os.path.join(folder, CHECKPOINT_FILE))
             now = bits if tr.allocator is None else bits_record(tr.model, data.image_size)

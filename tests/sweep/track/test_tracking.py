@@ -360,3 +360,45 @@ def test_paged_reads_every_page_and_delete_experiment_runs(uri, name, tmp_path):
     assert store.delete_experiment_runs(uri, name) == 6
     assert list(store.paged(client.search_runs, [exp_id], page_size=2)) == []
     assert store.delete_experiment_runs(uri, "no_such_experiment") == 0
+
+
+def test_saved_views_are_experiment_tags_the_ui_lists(recorder):
+    """The views a sweep saves: the envelope the MLflow UI writes and lists, a state whose
+    search filter and order MLflow's search accepts, accuracy and loss first."""
+    from sweep.track import views
+    client, exp_id = recorder.client, recorder.experiment_id
+    recorder.stage_run("w4a4")
+    run_id = recorder.trial_run("t0", "w4a4", {"train.lr": 0.1})
+    recorder.trial_run("t1", "w4a4", {"train.lr": 0.2})
+    views.save_view(client, exp_id, views.charts_view_id("w4a4"), "w4a4 best: charts",
+                    views.charts_state(run_id))
+    views.save_view(client, exp_id, views.RUNS_VIEW, "runs", views.runs_table_state(["train.lr"]))
+    tags = client.get_experiment(exp_id).tags
+    saved = json.loads(tags["mlflow.sharedViewState.sweep-best-w4a4"])
+    assert saved["name"] == "w4a4 best: charts" and isinstance(saved["createdAt"], int)
+    state = json.loads(saved["state"])
+    # what the filter and the order select: that run alone, as the UI asks MLflow
+    found = client.search_runs([exp_id], filter_string=state["searchFilter"],
+                               order_by=[state["orderByKey"] + " ASC"])
+    assert [r.info.run_id for r in found] == [run_id]
+    sections = {s["uuid"]: s["name"] for s in state["compareRunSections"]}
+    assert list(sections.values()) == ["accuracy and loss", "the figures to quote",
+                                       "Model metrics", "alpha/weight", "alpha/act"]
+    assert state["isAccordionReordered"] is True            # the UI keeps this order
+    first = [c["metricKey"] for c in state["compareRunCharts"]
+             if sections[c["metricSectionId"]] == "accuracy and loss"]
+    assert first == ["val_acc", "test_acc", "train_acc", "val_loss", "test_loss", "train_loss"]
+    runs_state = json.loads(json.loads(tags["mlflow.sharedViewState.sweep-runs"])["state"])
+    assert runs_state["selectedColumns"][1:5] == [
+        "metrics.`test_acc_at_best`", "metrics.`best_val_acc`", "metrics.`best_epoch`",
+        "params.`train.lr`"]
+    # saved again (a resumed sweep): the same view, created when it was first saved
+    views.save_view(client, exp_id, views.RUNS_VIEW, "runs", views.runs_table_state(["a"]))
+    again = json.loads(client.get_experiment(exp_id).tags["mlflow.sharedViewState.sweep-runs"])
+    assert again["createdAt"] == json.loads(tags["mlflow.sharedViewState.sweep-runs"])["createdAt"]
+    with pytest.raises(ValueError, match="over the 20000"):
+        views.save_view(client, exp_id, "big", "big", views.runs_table_state(
+            [f"p{i}" * 40 for i in range(200)]))
+    assert store.view_link("http://h:5000/", "3", "sweep-runs", charts=True) == (
+        "http://h:5000/#/experiments/3/runs?workflowType=machine_learning"
+        "&compareRunsMode=CHART&viewStateShareKey=sweep-runs")

@@ -15,7 +15,7 @@ import pytest
 
 from sweep.config import InitFrom, load_experiment, resolve_trial
 from sweep.tune.plan import _define_by_run, plan_stage, ray_space
-from sweep.tune.progress import ProgressTable, fmt
+from sweep.tune.progress import ProgressTable, clock, fmt, stage_line
 from sweep.tune.lineage import pick_init
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -231,6 +231,33 @@ def test_progress_table_rows(capsys):
     assert lines[5].split()[1:] == ["abc_00001", "0.1", "RUNNING", "1/3", "30", "30"]
     assert lines[4].endswith("(ASHA)")
     assert fmt(float("nan")) == "nan" and fmt(1e-5) == "1e-05" and fmt(None) == "-"
+
+
+def test_stage_line_counts_trials_and_times_the_epochs_left():
+    # 12 epochs left at 47.5 s each, two trials at a time: 285 s
+    assert stage_line("w4a4", 1, 2, 1, 12, 47.5, 2) == (
+        "stage w4a4: 1 done, 2 running, 1 pending; ETA 4:45 (12 epoch(s) left at "
+        "47.5 s/epoch, 2 at a time)")
+    asha = stage_line("w4a4", 0, 1, 3, 40, 100.0, 1, early_stop=True)
+    assert "ETA ≤ 1:06:40" in asha and "ASHA may stop trials sooner" in asha
+    assert stage_line("fp32", 0, 2, 0, 4, None, 2).endswith("; ETA once an epoch is measured")
+    assert stage_line("fp32", 3, 0, 0, 0, 10.0, 2) == "stage fp32: 3 done, 0 running, 0 pending"
+    assert (clock(59.6), clock(3725)) == ("1:00", "1:02:05")
+
+
+def test_progress_table_says_when_a_stage_line_is_due(capsys):
+    table = ProgressTable("val_acc", "max", [])
+    assert not table.due(60, 300)               # it has just been made
+    assert table.due(0, 300) and table.due(0, 300)
+    table.printed -= 61                          # a minute without a line
+    assert table.due(60, 300) and not table.due(60, 300)
+    table.status("stage s: 0 done, 1 running, 0 pending")
+    table.status_at -= 301                       # lines, but no stage line for 5 minutes
+    table.line("an epoch")
+    assert table.due(60, 300) and not table.due(60, 300)
+    out = capsys.readouterr().out.splitlines()
+    assert [l.split(None, 1) for l in out] == [["0:00", "stage s: 0 done, 1 running, 0 pending"],
+                                               ["0:00", "an epoch"]]
 
 
 # Malformed files and overrides: exit 2 with one message naming the key, before Ray or

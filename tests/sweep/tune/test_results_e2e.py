@@ -144,6 +144,9 @@ def test_runs_carry_the_figures_to_quote_readable_names_and_applying_params(done
         fp = run.data.tags["sweep.stage"] == "fp32"
         assert fp == (not any(k.startswith("train.alpha_") for k in params))
         assert params["data.name"] == "cifar10"
+        inputs = run.inputs.dataset_inputs                 # the dataset, with its digest
+        assert [(i.dataset.name, len(i.dataset.digest)) for i in inputs] == [("cifar10", 16)]
+        assert run.data.tags["mlflow.source.name"] == "run_sweep.py"
     for stage in stages:
         name = stage.data.tags["sweep.stage"]
         mine = [r for r in trials if r.data.tags["sweep.stage"] == name]
@@ -151,5 +154,50 @@ def test_runs_carry_the_figures_to_quote_readable_names_and_applying_params(done
         best = next(r for r in mine if r.info.run_id == stage.data.tags["sweep.best_run_id"])
         assert best.data.metrics["best_val_acc"] == top
         assert stage.data.tags["sweep.best_trial"] == best.info.run_name
+        files = {f.path for f in client.list_artifacts(stage.info.run_id, "experiment")}
+        assert files == {"experiment/s.yaml", "experiment/command.txt"}   # what was run
         for key in ("best_epoch", "best_val_acc", "test_acc_at_best"):
             assert stage.data.metrics[key] == best.data.metrics[key], (name, key)
+
+
+def test_progress_lines_links_views_and_thresholds_before_training(done):
+    """What the sweep printed (a start-up line, stage lines with an ETA, the links) and
+    what it saved for the MLflow UI; the thresholds at step 0 are the ones training
+    started from: for W4A4 from full precision, the quantizers' initial values."""
+    import re
+    from quant.quantizers import ACT_ALPHA_INIT, WEIGHT_ALPHA_INIT
+    _, client, out = done
+    first = out.splitlines()[0]
+    assert first.startswith("starting Ray (a local cluster) and the MLflow store sqlite:///"), out
+    for stage in ("fp32", "w4a4"):
+        lines = [l.split(None, 1)[1] for l in out.splitlines() if f" stage {stage}: " in l]
+        assert lines[-1] == f"stage {stage}: 2 done, 0 running, 0 pending", lines
+        # when the first trial ends: the other one still due, timed by measured epochs
+        one = [l for l in lines if ": 1 done, " in l]       # (then maybe again, when quiet)
+        assert one and re.fullmatch(
+            rf"stage {stage}: 1 done, (1 running, 0|0 running, 1) pending; ETA \d+:\d\d "
+            r"\(\d epoch\(s\) left at \d+\.\d s/epoch, 1 at a time\)", one[0]), lines
+    exp, trials = runs(client, NAME, "trial")
+    _, stages = runs(client, NAME, "stage")
+    for stage in stages:
+        name = stage.data.tags["sweep.stage"]
+        view = json.loads(exp.tags[f"mlflow.sharedViewState.sweep-best-{name}"])
+        state = json.loads(view["state"])
+        assert state["searchFilter"] == f"attributes.run_id = '{stage.data.tags['sweep.best_run_id']}'"
+        assert (f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                f"&compareRunsMode=CHART&viewStateShareKey=sweep-best-{name}") in out
+        version = client.get_model_version_by_alias(f"{NAME}-resnet20", f"{name}-best")
+        assert (f"#/models/{NAME}-resnet20/versions/{version.version}"
+                "?workflowType=machine_learning") in out
+    assert f"viewStateShareKey=sweep-runs" in out and "mlflow.sharedViewState.sweep-runs" in exp.tags
+    for run in trials:
+        history = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
+                   for k in run.data.metrics if k.startswith("alpha/")}
+        if run.data.tags["sweep.stage"] == "fp32":
+            assert not history
+            continue
+        assert len(history) == 2 * 20       # weight and act: 18 block and 2 shortcut convs
+        for key, steps in history.items():
+            assert sorted(steps) == [0, 1, 2], key
+            start = WEIGHT_ALPHA_INIT if key.startswith("alpha/weight/") else ACT_ALPHA_INIT["cifar"]
+            assert steps[0] == start and steps[2] != start, (key, steps)

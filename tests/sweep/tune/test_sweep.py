@@ -103,8 +103,10 @@ def test_kill_9_then_resume_finishes_every_trial_once(tmp_path):
     for run in trials:
         assert run.info.status == "FINISHED"
         want = [1] if run.data.tags["sweep.stage"] == "second" else [1, 2, 3, 4]
-        for key in ("val_acc", "train_loss", "lr", "alpha/act/layer1.0.conv1"):
+        for key in ("val_acc", "train_loss", "lr"):
             assert steps(client, run.info.run_id, key) == want, (run.info.run_name, key)
+        # the thresholds also at step 0 (before training), logged once too
+        assert sorted(steps(client, run.info.run_id, "alpha/act/layer1.0.conv1")) == [0, *want]
         assert {"checkpoint", "bits.json", "alphas.json"} <= {
             a.path for a in client.list_artifacts(run.info.run_id)}
 
