@@ -18,16 +18,18 @@ from sweep.tune.lineage import checkpoint_label, init_source
 from sweep.tune.plan import StagePlan, searched_values
 from sweep.tune.progress import ProgressTable
 from sweep.tune.state import SweepState
-from sweep.tune.trainable import COST_KEYS, METRIC_KEYS
+from sweep.tune.trainable import COST_KEYS, METRIC_KEYS, WHERE_KEYS
 from sweep.track.inputs import dataset_input
 from sweep.track.recorder import SweepRecorder
 from sweep.track.names import (ALPHAS_ARTIFACT, BEST_EPOCH_METRIC, BEST_TRIAL_TAG,
-                               BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE,
-                               TEST_AT_BEST_METRIC)
+                               BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE, DEVICE_TAG,
+                               NODE_ID_TAG, NODE_IP_TAG, TEST_AT_BEST_METRIC)
 
 __all__ = ["StageRun", "best_kept", "best_trial"]
 
 log = logging.getLogger("sweep")
+
+_WHERE_TAGS = dict(zip(WHERE_KEYS, (NODE_IP_TAG, NODE_ID_TAG, DEVICE_TAG)))
 
 
 def _finite(x):
@@ -74,6 +76,7 @@ class StageRun:
         self.table = ProgressTable(plan.search.metric, plan.search.mode, plan.searched, out)
         self.alphas: dict[str, dict] = {}
         self.at_best: dict[str, dict] = {}      # trial -> the figures to quote so far
+        self.where: dict[str, dict] = {}        # trial -> the node tags its run holds
         self.entry = state.stage(plan.name)
         if plan.budgeted:         # draws rejected while planning (grid/random); Optuna's count on
             self.entry.setdefault("rejected_over_budget", plan.rejected() or 0)
@@ -111,6 +114,15 @@ class StageRun:
         if cost:
             self.recorder.log_once(trial_id, cost, step=0)
 
+    def _tag_where(self, trial_id: str, result: dict) -> None:
+        """Tag the run with the node (IP, Ray node id) and device of this result, when
+        they are new for the trial (its first epoch, or a retry on another node)."""
+        where = {tag: str(result[k]) for k, tag in _WHERE_TAGS.items()
+                 if isinstance(result.get(k), str) and result[k]}
+        if where and where != self.where.get(trial_id):
+            self.recorder.set_tags(trial_id, where)
+            self.where[trial_id] = where
+
     def count_rejection(self, cost) -> None:
         """The searcher rejected a configuration over the budget (it is never trained)."""
         self.entry["rejected_over_budget"] = self.entry.get("rejected_over_budget", 0) + 1
@@ -146,6 +158,7 @@ class StageRun:
         if self.recorder.run_id(trial_id) is None:
             self.trial_started(trial_id, config)
         self._log_cost(trial_id, result)
+        self._tag_where(trial_id, result)
         logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
         extra = [f"{result['epoch_time_s']:.1f} s/epoch"] if _finite(result.get("epoch_time_s")) else []
         if _finite(result.get("test_acc")) is not None and self.plan.search.metric != "test_acc":
@@ -179,6 +192,7 @@ class StageRun:
                 self.recorder.log_epoch(trial_id, row["epoch"],
                                         {**metrics, **self._at_best(trial_id, row)})
         self._log_cost(trial_id, last)
+        self._tag_where(trial_id, last)
         failure = last.get("failure") if not error else None
         status = "FAILED" if (error or failure) else "FINISHED"
         epoch = last.get("epoch") or 0
