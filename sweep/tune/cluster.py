@@ -18,7 +18,8 @@ __all__ = ["start_ray", "check_resources", "token_problem", "shared_marker", "ch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # What the repository shipped as every trial's working directory leaves out.
-WORKING_DIR_EXCLUDES = [".venv/", ".git/", "sweeps/", "data/", "*.pt", "*.npz"]
+WORKING_DIR_EXCLUDES = [".venv/", ".git/", "sweeps/", "data/", "*.pt", "*.npz", "__pycache__/",
+                        ".pytest_cache/", "*.egg-info/"]
 # Ray 2.60 turns a node address of 127.0.0.1 into the machine's outward one
 # (ray._private.services.resolve_ip_for_localhost) unless multi-node clusters are off,
 # and its gRPC servers listen on every interface unless the node address is loopback. A
