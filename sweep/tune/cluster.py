@@ -78,7 +78,7 @@ def token_problem(host: str, port: int) -> str | None:
     from ray._raylet import (AuthenticationMode, AuthenticationTokenLoader, GcsClient,
                              get_authentication_mode)
     from ray.exceptions import AuthenticationError
-    sources = "~/.ray/auth_token, the file $RAY_AUTH_TOKEN_PATH names, or $RAY_AUTH_TOKEN"
+    sources = "$RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token"
     token_mode = get_authentication_mode() == AuthenticationMode.TOKEN
     if token_mode:                  # no token: Ray's client would abort the process
         try:

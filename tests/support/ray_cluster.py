@@ -1,7 +1,9 @@
 """A Ray cluster of real nodes on this machine, for tests: each node one `ray start
 --block` in its own process group, with its own ports (picked free here and given
 explicitly), temp folder and log, and token authentication with a token file of its own
-(nothing is read from or written to ~/.ray). Stopped by its PID: the whole group.
+(nothing is read from or written to ~/.ray). Stopped by its PID: the whole group. The
+second node can be given a mount namespace of its own, to be a machine that does not
+share a folder.
 
 Ray 2.60 turns a node address of 127.0.0.1 into this machine's outward one
 (``ray._private.services.resolve_ip_for_localhost``), so the nodes register under that
@@ -77,11 +79,25 @@ def pids_in_group(pgid: int, name: str | None = None) -> list[int]:
     return out
 
 
+def hiding(folder: pathlib.Path) -> list[str] | None:
+    """A command prefix running a command in a mount namespace of its own where
+    ``folder`` is an empty tmpfs (what a machine that does not share ``folder`` sees);
+    None where this machine does not allow it (``unshare -m`` needs root, or user
+    namespaces)."""
+    prefix = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(folder)]
+    try:
+        return prefix if subprocess.run([*prefix, "true"], capture_output=True,
+                                        timeout=30).returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 class Node:
-    """One ``ray start --block`` (head, or a node joining ``gcs``)."""
+    """One ``ray start --block`` (head, or a node joining ``gcs``), run under the command
+    prefix ``wrap`` when one is given (it must exec the command: same pid)."""
 
     def __init__(self, root: pathlib.Path, name: str, env: dict, gcs: str | None = None,
-                 num_cpus: int = 1, timeout_s: float = 120.0):
+                 num_cpus: int = 1, timeout_s: float = 120.0, wrap: list[str] | None = None):
         self.name, self.head = name, gcs is None
         self.temp = tempfile.mkdtemp(prefix=f"ray-{name}-")   # short: Ray's socket paths
         self.log = root / f"{name}.log"
@@ -101,8 +117,8 @@ class Node:
         else:
             cmd += [f"--address={gcs}"]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen([*(wrap or []), *cmd], stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while b"Ray runtime started" not in self.log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -134,10 +150,17 @@ class Node:
 
 
 class Cluster:
-    """A head and a second node, 1 CPU each, sharing a token file under ``root``."""
+    """A head and a second node, 1 CPU each, sharing a token file under ``root``. Where
+    the machine allows it, the second node does not see the folder ``unshared`` (an
+    empty tmpfs over ``root/unshared`` in its own mount namespace); else ``unshared``
+    is None."""
 
     def __init__(self, root: pathlib.Path, env: dict):
         self.root = pathlib.Path(root)
+        folder = self.root / "unshared"
+        folder.mkdir(exist_ok=True)
+        self.wrap = hiding(folder)
+        self.unshared = folder if self.wrap else None
         token = self.root / "ray_token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
@@ -160,7 +183,7 @@ class Cluster:
             return self.second
         if self.second is not None:
             self.second.stop()
-        self.second = Node(self.root, "second", self.env, gcs=self.address)
+        self.second = Node(self.root, "second", self.env, gcs=self.address, wrap=self.wrap)
         return self.second
 
     def node_ids(self) -> dict[str, str]:

@@ -1,10 +1,11 @@
 """run_sweep.py on a real two-node Ray cluster — a head and a second node started with
 `ray start`, 1 CPU each, token authentication — recording to a real `mlflow server`
 with an artifacts destination: the trials run on both nodes and each is recorded once,
-its checkpoint behind the server; the second node lost mid-sweep (its raylet killed by
-PID) costs no run, no epoch logged twice and no run left RUNNING. One cluster and one
-server serve the module (the second node is restarted for a test when it is gone); all
-of it is stopped by PID at the end, also on failure."""
+its checkpoint behind the server; a storage folder the second node does not see (its
+own mount namespace) is refused before any trial; the second node lost mid-sweep (its
+raylet killed by PID) costs no run, no epoch logged twice and no run left RUNNING.
+One cluster and one server serve the module (the second node is restarted for a test
+when it is gone); all of it is stopped by PID at the end, also on failure."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -107,6 +108,23 @@ def test_a_sweep_on_two_nodes_records_every_trial_once_with_its_checkpoint_behin
         assert is_project_checkpoint(ckpt) and ckpt["model"]["arch"] == "resnet20"
 
 
+def test_a_storage_folder_a_node_does_not_see_is_refused_before_any_trial(lab, tmp_path):
+    cluster = lab.cluster
+    cluster.start_second()
+    if cluster.unshared is None:
+        pytest.skip("this machine gives no node a mount namespace of its own (unshare -m)")
+    write(tmp_path, SWEEP.format(name="unshared", train_size=128, epochs=1))
+    proc = sweep(tmp_path, "s.yaml", "--address", cluster.address, "--storage",
+                 cluster.unshared / "sweeps", "--mlflow-uri", lab.url,
+                 extra_env=cluster.auth_env, timeout=240)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    second = cluster.node_ids()["second"][:12]
+    assert proc.stderr.startswith(f"s.yaml: --storage: node ") and f"(Ray node {second})" in \
+        proc.stderr and "does not see" in proc.stderr, proc.stderr
+    assert not (cluster.unshared / "sweeps" / "unshared").exists()         # nothing left
+    assert lab.client.get_experiment_by_name("unshared") is None           # nor recorded
+
+
 def _first_epoch_on(lab, name: str, node_id: str, proc, timeout_s: float = 180) -> str:
     """The trial id of a run tagged with ``node_id`` once it has logged an epoch."""
     deadline = time.monotonic() + timeout_s
@@ -126,7 +144,7 @@ def test_a_lost_node_mid_sweep_costs_no_run_no_epoch_twice_and_leaves_none_runni
     cluster = lab.cluster
     second = cluster.start_second()
     ids = cluster.node_ids()
-    write(tmp_path, SWEEP.format(name="lost_node", train_size=512, epochs=3))
+    write(tmp_path, SWEEP.format(name="lost_node", train_size=256, epochs=4))
     out = tmp_path / "out.txt"
     with open(out, "w") as log:
         proc = subprocess.Popen([*RUN, *map(str, args(lab, tmp_path))], cwd=tmp_path, stdout=log,
@@ -142,6 +160,6 @@ def test_a_lost_node_mid_sweep_costs_no_run_no_epoch_twice_and_leaves_none_runni
     text = out.read_text()
     assert f"{moved}" in text and "RETRY" in text, text             # retried, from its checkpoint
 
-    trials = assert_each_trial_once_and_ended(lab, "lost_node", epochs=3)
+    trials = assert_each_trial_once_and_ended(lab, "lost_node", epochs=4)
     by_trial = {r.data.tags["sweep.trial_id"]: r for r in trials}
     assert by_trial[moved].data.tags["sweep.node_id"] == ids["head"]    # it finished on the head
