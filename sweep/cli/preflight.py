@@ -1,7 +1,8 @@
 """The checks ``run_sweep.py`` makes of what the command line and the machine give a
-sweep, after the file is valid and before Ray or MLflow is touched or anything is
-written: the storage and MLflow folders can be written, a ``--address`` answers, the
-device a trial asks for exists here, and the state files a ``--resume`` reads are whole.
+sweep, after the file is valid and before Ray starts, MLflow is touched or anything is
+written: the storage and MLflow folders can be written, a ``--address`` answers and takes
+this driver's token, the device a trial asks for exists here, and the state files a
+``--resume`` reads are whole.
 
 Each returns one message (``flag or key: what is wrong; what to do``) or None.
 """
@@ -87,7 +88,8 @@ def check_server(uri: str, flag: str) -> str | None:
 
 
 def check_address(address: str | None) -> str | None:
-    """A ``--address host:port`` (or ``ray://host:port``) answers within a few seconds."""
+    """A ``--address host:port`` (or ``ray://host:port``) answers within a few seconds,
+    and a cluster's GCS takes the token this driver would send."""
     if not address or address in ("auto", "local"):
         return None
     text = address if "://" in address else "ray-gcs://" + address
@@ -101,12 +103,17 @@ def check_address(address: str | None) -> str | None:
         return f"--address: {address!r} is not host:port (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001)"
     try:
         with socket.create_connection((host, port), timeout=ADDRESS_TIMEOUT_S):
-            return None
+            pass
     except OSError as exc:
         why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
         return (f"--address: no Ray cluster answers at {host}:{port} ({why} within "
                 f"{ADDRESS_TIMEOUT_S:g} s); start one there with `ray start --head --port={port}`, "
                 "or leave --address out to run on a local cluster of this machine")
+    if parsed.scheme == "ray":
+        return None
+    from sweep.tune.cluster import token_problem       # Ray's token authentication
+    problem = token_problem(host, port)
+    return f"--address: {problem}" if problem else None
 
 
 def check_device(exp, plans) -> str | None:

@@ -238,6 +238,8 @@ def _run(exp, plans, paths: Paths, args, bundles) -> int:
         have = ray.cluster_resources()
         problem = cluster.check_resources(plans, have.get("CPU", 0), have.get("GPU", 0),
                                           "the Ray cluster")
+        if not problem and args.address and not paths.remote:
+            problem = _unshared_storage(cluster, paths)
         if problem:
             print(f"{args.file}: {problem}", file=sys.stderr)
             return EXIT_USAGE
@@ -266,6 +268,19 @@ def _run(exp, plans, paths: Paths, args, bundles) -> int:
         if recorder is not None:
             recorder.close("KILLED")
         ray.shutdown()
+
+
+def _unshared_storage(cluster, paths: Paths) -> str | None:
+    """On a cluster, every node must see the storage folder at the same path: trials
+    write their checkpoints there and the driver reads them back (and restores from
+    them). A file this driver writes there must be seen by a task on every node."""
+    marker = cluster.shared_marker(paths.sweep)
+    try:
+        return cluster.check_seen([marker], "--storage", (
+            f"{paths.storage} must be one folder every node mounts at the same path (NFS, a "
+            "cluster filesystem), or give an s3:// or gs:// URI (with --mlflow-uri)"))
+    finally:
+        os.unlink(marker)
 
 
 def _discard(paths: Paths, name: str) -> None:

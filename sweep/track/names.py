@@ -38,6 +38,10 @@ BEST_RUN_TAG = "sweep.best_run_id"
 REGISTERED_TAG = "sweep.registered_model"
 BEST_TRIAL_TAG = "sweep.best_trial"             # on a stage run: its best trial's run name
 _END_TAGS = (STOPPED_EARLY_TAG, FAILURE_TAG, ERROR_TAG)   # describe how a run last ended
+# Where a trial ran (the node of its latest epoch; a retry on another node moves them).
+NODE_IP_TAG = "sweep.node_ip"
+NODE_ID_TAG = "sweep.node_id"                   # Ray's node id (hex)
+DEVICE_TAG = "sweep.device"                     # "cpu", or the GPU's name
 
 # Lineage tags of a trial started from another checkpoint (``sweep.tune.lineage``).
 INIT_RUN_TAG = "lineage.init_run_id"            # when the source is an MLflow run

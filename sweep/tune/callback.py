@@ -51,9 +51,8 @@ class SweepCallback(tune.Callback):
                    trial.trial_id, trial.config, result)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        error = trial.get_error()
         self._call(f"trial {trial.trial_id}", StageRun.trial_retrying, trial.trial_id,
-                   trial.config, trial.num_failures, None if error is None else str(error))
+                   trial.config, trial.num_failures, _latest_error(trial))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._call(f"trial {trial.trial_id}: closing its MLflow run", StageRun.trial_done,
@@ -64,6 +63,16 @@ class SweepCallback(tune.Callback):
         self._call(f"trial {trial.trial_id}: closing its MLflow run", StageRun.trial_done,
                    trial.trial_id, trial.config, trial.last_result, _kept(trial),
                    error=str(error) if error is not None else "the trial failed")
+
+
+def _latest_error(trial) -> str | None:
+    """The text of the trial's latest failure: Ray writes it to the trial's folder on
+    this machine at once (``trial.error_file``), to the storage (``get_error``) later."""
+    with contextlib.suppress(OSError, TypeError):
+        with open(trial.error_file, encoding="utf-8", errors="replace") as f:
+            return f.read().rpartition("Failure # ")[2].partition("\n")[2] or None
+    error = trial.get_error()
+    return None if error is None else str(error)
 
 
 def _kept(trial) -> list:

@@ -18,17 +18,19 @@ from sweep.tune.lineage import checkpoint_label, init_source
 from sweep.tune.plan import StagePlan, searched_values
 from sweep.tune.progress import ProgressTable, stage_line
 from sweep.tune.state import SweepState
-from sweep.tune.trainable import COST_KEYS, INITIAL_PREFIX, METRIC_KEYS
+from sweep.tune.trainable import COST_KEYS, INITIAL_PREFIX, METRIC_KEYS, WHERE_KEYS
 from sweep.track.inputs import dataset_input
 from sweep.track.recorder import SweepRecorder
 from sweep.track.views import ACCURACY_AND_LOSS, FIGURES
 from sweep.track.names import (ALPHAS_ARTIFACT, BEST_EPOCH_METRIC, BEST_TRIAL_TAG,
-                               BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE,
-                               TEST_AT_BEST_METRIC)
+                               BEST_VAL_METRIC, BITS_ARTIFACT, CHECKPOINT_FILE, DEVICE_TAG,
+                               NODE_ID_TAG, NODE_IP_TAG, TEST_AT_BEST_METRIC)
 
 __all__ = ["StageRun", "best_kept", "best_trial"]
 
 log = logging.getLogger("sweep")
+
+_WHERE_TAGS = dict(zip(WHERE_KEYS, (NODE_IP_TAG, NODE_ID_TAG, DEVICE_TAG)))
 
 
 def _finite(x):
@@ -96,6 +98,7 @@ class StageRun:
         self.at_once = 1                         # the most trials seen running together
         self.epochs_done: dict[str, tuple[int, int | None]] = {}   # trial -> (epoch, of)
         self.epoch_s: dict[str, float] = {}      # trial -> its latest epoch's seconds
+        self.where: dict[str, dict] = {}        # trial -> the node tags its run holds
         self.entry = state.stage(plan.name)
         if plan.budgeted:         # draws rejected while planning (grid/random); Optuna's count on
             self.entry.setdefault("rejected_over_budget", plan.rejected() or 0)
@@ -141,6 +144,15 @@ class StageRun:
         if once:
             self.recorder.log_once(trial_id, once, step=0)
 
+    def _tag_where(self, trial_id: str, result: dict) -> None:
+        """Tag the run with the node (IP, Ray node id) and device of this result, when
+        they are new for the trial (its first epoch, or a retry on another node)."""
+        where = {tag: str(result[k]) for k, tag in _WHERE_TAGS.items()
+                 if isinstance(result.get(k), str) and result[k]}
+        if where and where != self.where.get(trial_id):
+            self.recorder.set_tags(trial_id, where)
+            self.where[trial_id] = where
+
     def count_rejection(self, cost) -> None:
         """The searcher rejected a configuration over the budget (it is never trained)."""
         self.entry["rejected_over_budget"] = self.entry.get("rejected_over_budget", 0) + 1
@@ -177,6 +189,7 @@ class StageRun:
         metrics = _shown_first({**metrics, **self._at_best(trial_id, result)})
         if self.recorder.run_id(trial_id) is None:
             self.trial_started(trial_id, config)
+        self._tag_where(trial_id, result)
         logged = self.recorder.log_epoch(trial_id, result["epoch"], metrics)
         self._log_cost(trial_id, result)     # after: the run page lists metrics as logged
         extra = [f"{result['epoch_time_s']:.1f} s/epoch"] if _finite(result.get("epoch_time_s")) else []
@@ -214,6 +227,7 @@ class StageRun:
                 self.recorder.log_epoch(trial_id, row["epoch"],
                                         {**metrics, **self._at_best(trial_id, row)})
         self._log_cost(trial_id, last)
+        self._tag_where(trial_id, last)
         failure = last.get("failure") if not error else None
         status = "FAILED" if (error or failure) else "FINISHED"
         epoch = last.get("epoch") or 0

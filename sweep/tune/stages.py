@@ -25,7 +25,7 @@ from sweep.config import get_dotted
 from sweep.config.space import to_plain
 from sweep.track import names, store, views
 from sweep.track.pytorch_model import save_pytorch_model
-from sweep.tune import lineage
+from sweep.tune import cluster, lineage
 from sweep.tune.callback import SweepCallback, register
 from sweep.tune.plan import StagePlan, optuna_space, ray_space
 from sweep.tune.progress import fmt
@@ -282,6 +282,13 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{args.file}: train.init: {first}", file=sys.stderr)
         return 2
+    if args.address:                    # trials on other machines open these files
+        problem = cluster.check_seen(sorted({f["path"] for f in init_files.values()}),
+                                     "train.init", "put it in a folder every node sees at "
+                                     "the same path (the --storage folder, when shared)")
+        if problem:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+            return 2
     _save_view(recorder, views.RUNS_VIEW, f"{exp.name}: runs and the figures to quote",
                views.runs_table_state(_table_params(exp, plans)))
     refs = {key: ray.put(bundle.to_arrays()) for key, bundle in bundles.items()}

@@ -17,6 +17,8 @@ the driver logs once, at step 0 (as ``alpha/...``; ``train.eval_before`` logs th
 its step 0 instead). With a bit allocation the engine's ``bits/...`` metrics carry the
 bits as they are after each epoch, and each epoch's ``bits.json`` is written anew (its
 per-channel bits).
+Every result also carries ``WHERE_KEYS`` (the node's IP and Ray node id, the device),
+which the driver tags the run with.
 ``is_best`` (1 or 0) is the checkpoint score, so Ray keeps the best epoch's checkpoint
 (and the latest). A restart resumes from ``tune.get_checkpoint()``. A NaN/inf loss is
 not retried: the trial reports ``failure: nan_loss`` and returns.
@@ -33,7 +35,7 @@ from sweep.files import atomic_write_json
 from sweep.track.names import BITS_ARTIFACT, CHECKPOINT_FILE
 from sweep.tune.lineage import data_key, init_source
 
-__all__ = ["train_trial", "METRIC_KEYS", "COST_KEYS", "INITIAL_PREFIX"]
+__all__ = ["train_trial", "METRIC_KEYS", "COST_KEYS", "INITIAL_PREFIX", "WHERE_KEYS"]
 
 # What the driver logs to MLflow each epoch (plus every "alpha/..." key).
 METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
@@ -42,6 +44,8 @@ METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "t
 COST_KEYS = ("avg_w_bits", "avg_a_bits", "weight_size_bytes", "bops")
 # + "alpha/<kind>/<layer>": a threshold before training, which the driver logs at step 0.
 INITIAL_PREFIX = "initial/"
+# Where the trial runs, in every result (strings; the driver tags the run with them).
+WHERE_KEYS = ("node_ip", "node_id", "device")
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,15 @@ def _bundle(cfg: TrialConfig, data_refs):
         return DataBundle.from_arrays(ray.get(data_refs[key]))
     from sweep.train.data import load_data
     return load_data(cfg.data)          # a sampled data config the driver could not list
+
+
+def _where(device) -> dict:
+    """``WHERE_KEYS``: this node's IP and Ray node id, and ``cpu`` or the GPU's name."""
+    import ray
+    import torch
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return dict(zip(WHERE_KEYS, (ray.util.get_node_ip_address(),
+                                 ray.get_runtime_context().get_node_id(), name)))
 
 
 def _resume(trainer, checkpoint) -> None:
@@ -95,6 +108,7 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
         _resume(trainer, checkpoint)
     bits = bits_record(trainer.model, data.image_size)
     cost = {k: bits[k] for k in COST_KEYS}
+    where = _where(trainer.device)
     first_step = time.time()
 
     def best_so_far(is_best) -> dict:
@@ -104,7 +118,7 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
 
     def on_epoch(metrics: dict, tr) -> None:
         result = {k: v for k, v in metrics.items() if k != "is_best"}
-        result.update(best_so_far(metrics.get("is_best")), **cost, **before)
+        result.update(best_so_far(metrics.get("is_best")), **cost, **before, **where)
         with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
             tr.save(os.path.join(folder, CHECKPOINT_FILE))
             now = bits if tr.allocator is None else bits_record(tr.model, data.image_size)
@@ -118,4 +132,4 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
         trainer.run(on_epoch)
     except NonFiniteLoss as exc:
         tune.report({"epoch": trainer.epoch + 1, metric: float("nan"), "failure": "nan_loss",
-                     "error": str(exc), **best_so_far(False)})
+                     "error": str(exc), **best_so_far(False), **where})

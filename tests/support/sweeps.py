@@ -16,16 +16,17 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 RUN = [sys.executable, str(REPO / "run_sweep.py")]
 
 
-def env() -> dict:
-    """This environment without Ray/Tune settings, Python output unbuffered."""
+def env(extra: dict | None = None) -> dict:
+    """This environment without Ray/Tune settings, Python output unbuffered, and
+    ``extra`` (e.g. a cluster's token settings)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
     e["PYTHONUNBUFFERED"] = "1"
-    return e
+    return {**e, **(extra or {})}
 
 
-def sweep(cwd, *args, timeout=300) -> subprocess.CompletedProcess:
+def sweep(cwd, *args, timeout=300, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*RUN, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env())
+                          timeout=timeout, env=env(extra_env))
 
 
 def write(folder: pathlib.Path, text: str, name: str = "s.yaml") -> pathlib.Path:
