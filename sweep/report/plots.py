@@ -162,8 +162,10 @@ def seeds_note(rows: list[Row]) -> str:
 
 
 def plot_acc_vs_bits(rows: list[Row], path: str, published=None) -> str | None:
-    """None when no quantized row has an accuracy. Published test-split rows of the
-    models and datasets drawn are marked with their source."""
+    """None when no quantized row has an accuracy. Published rows of the models and
+    datasets drawn are marked with their source, in the colour of our curve of the same
+    model and scheme; rows of another split than ours (training-set accuracy) are hollow
+    and labelled not comparable."""
     quantized = [r for r in rows if not r.full_precision and r.reported is not None
                  and r.bits[0] is not None]
     if not quantized:
@@ -192,16 +194,24 @@ def plot_acc_vs_bits(rows: list[Row], path: str, published=None) -> str | None:
             b = _best_row(fp).reported
             ax.axhline(b.mean, color="k", linestyle=("--", ":", "-.")[j % 3], linewidth=1,
                        label=f"FP32 {model} {dataset}: {b.mean:.2f}")
-    markers = "xv^<>sPD"
+    markers = "Dv^<>sPX"                  # fillable first: a hollow one marks another split
     sources = list(dict.fromkeys(p.source for p in (published or [])))
     drawn = {(_norm(m), _norm(d)) for m, d in models}
-    pubs = [p for p in (published or []) if p.split == "test" and not p.full_precision
+    colour = {(_norm(m), _norm(d), s): f"C{i % 10}" for i, (m, d, s) in enumerate(sorted(groups))}
+    pubs = [p for p in (published or []) if not p.full_precision
             and (_norm(p.model), _norm(p.dataset)) in drawn]
-    for source in dict.fromkeys(p.source for p in pubs):
-        pts = sorted((p.w_bits, p.accuracy) for p in pubs if p.source == source)
-        ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle="none", color="0.3",
-                marker=markers[sources.index(source) % len(markers)], markersize=7,
-                label=f"published ({source})")
+    for source, split in dict.fromkeys((p.source, p.split) for p in pubs):
+        # a published point takes the colour of our curve of its model and scheme; a
+        # training-set figure is hollow and says it is not comparable with our test figures
+        marker, hollow = markers[sources.index(source) % len(markers)], split != "test"
+        for p in (p for p in pubs if (p.source, p.split) == (source, split)):
+            c = colour.get((_norm(p.model), _norm(p.dataset), p.scheme), "0.3")
+            ax.plot([p.w_bits], [p.accuracy], linestyle="none", marker=marker, markersize=7,
+                    color=c, markerfacecolor="none" if hollow else c)
+        ax.plot([], [], linestyle="none", marker=marker, markersize=7, color="0.3",
+                markerfacecolor="none" if hollow else "0.3",
+                label=f"published ({source})" + (f": {split}-set accuracy, not comparable †"
+                                                  if hollow else ""))
     xs = sorted({r.bits[0] for r in quantized} | {p.w_bits for p in pubs})
     ax.xaxis.set_major_locator(FixedLocator(xs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _g(round(x, 2))))

@@ -31,7 +31,7 @@ import torch
 
 
 __all__ = ["DATASETS", "DataBundle", "DataError", "FileSplit", "Split", "load_data",
-           "register_dataset", "holdout_indices"]
+           "register_dataset", "holdout_indices", "setting"]
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def register_dataset(name: str):
     return wrap
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
+def setting(cfg: Any, key: str, default: Any = None) -> Any:
     """``cfg.key`` or ``cfg[key]``, ``default`` when missing or None."""
     value = cfg.get(key) if isinstance(cfg, Mapping) else getattr(cfg, key, None)
     return default if value is None else value
@@ -174,7 +174,7 @@ def load_data(cfg: Any) -> DataBundle:
     ``cfg`` has (as attributes or keys) ``dataset, root, path, val_fraction, split_seed,
     mean, std, crop_pad, flip, synthetic``; ``None`` means the dataset's default.
     """
-    name = _get(cfg, "dataset")
+    name = setting(cfg, "dataset")
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
     raw = DATASETS[name](cfg)
@@ -197,15 +197,15 @@ def load_data(cfg: Any) -> DataBundle:
                         f"{raw.display} has {channels}")
     if min(std) <= 0:
         raise DataError(f"data.std {std} must be positive")
-    crop_pad = int(_get(cfg, "crop_pad", raw.crop_pad))
+    crop_pad = int(setting(cfg, "crop_pad", raw.crop_pad))
     if crop_pad < 0:
         raise DataError(f"data.crop_pad={crop_pad} must be 0 (no random crop) or a pixel count")
-    flip = bool(_get(cfg, "flip", raw.flip))
+    flip = bool(setting(cfg, "flip", raw.flip))
 
     train, test = Split(x_train, y_train), Split(x_test, y_test)
-    val_fraction = float(_get(cfg, "val_fraction", 0.0))
+    val_fraction = float(setting(cfg, "val_fraction", 0.0))
     if val_fraction > 0:
-        train, val = _hold_out(train, val_fraction, int(_get(cfg, "split_seed", 0)), raw.display)
+        train, val = _hold_out(train, val_fraction, int(setting(cfg, "split_seed", 0)), raw.display)
     else:
         val, test = test, None
 
@@ -243,7 +243,7 @@ def _labels(y: np.ndarray, n: int, num_classes: int, display: str, what: str) ->
 
 def _normalisation(cfg, raw: _Raw, x_train: torch.Tensor, notes: list[str]):
     """mean/std by precedence: an npz's own values, else data.mean/std, else defaults/computed."""
-    cfg_mean, cfg_std = _get(cfg, "mean"), _get(cfg, "std")
+    cfg_mean, cfg_std = setting(cfg, "mean"), setting(cfg, "std")
     if raw.stats_in_file:
         if cfg_mean is not None or cfg_std is not None:
             notes.append(f"data.mean/data.std ignored: {raw.display} carries its own mean "
@@ -300,7 +300,7 @@ def _hold_out(train: Split, fraction: float, seed: int, display: str) -> tuple[S
 
 @register_dataset("npz")
 def _load_npz(cfg) -> _Raw:
-    path = _get(cfg, "path")
+    path = setting(cfg, "path")
     if path is None:
         raise DataError("dataset: npz needs data.path, the .npz file to read")
     path = pathlib.Path(path).expanduser().resolve()
@@ -333,10 +333,10 @@ def _load_npz(cfg) -> _Raw:
 @register_dataset("synthetic")
 def _load_synthetic(cfg) -> _Raw:
     """Class templates (coarse random blocks) plus noise: learnable, deterministic, any size."""
-    s = _get(cfg, "synthetic", {})
-    n_train, n_test = int(_get(s, "train_size", 2048)), int(_get(s, "test_size", 512))  # keys.py's
-    size, channels = int(_get(s, "image_size", 32)), int(_get(s, "channels", 3))
-    num_classes, seed = int(_get(s, "num_classes", 10)), int(_get(s, "seed", 0))
+    s = setting(cfg, "synthetic", {})
+    n_train, n_test = int(setting(s, "train_size", 2048)), int(setting(s, "test_size", 512))  # keys.py's
+    size, channels = int(setting(s, "image_size", 32)), int(setting(s, "channels", 3))
+    num_classes, seed = int(setting(s, "num_classes", 10)), int(setting(s, "seed", 0))
     x_train, y_train, x_test, y_test = synthetic_images(n_train, n_test, size, channels,
                                                         num_classes, seed)
     classes = tuple(f"class{i}" for i in range(num_classes))
@@ -405,7 +405,7 @@ def _reachable(host: str, port: int = 443, timeout: float | None = None) -> bool
 
 def _load_torchvision(name: str, cfg) -> _Raw:
     spec = _TORCHVISION[name]
-    root = pathlib.Path(_get(cfg, "root", "data")).expanduser().resolve()
+    root = pathlib.Path(setting(cfg, "root", "data")).expanduser().resolve()
     folder = root / spec["folder"]
     missing = [f for f in spec["files"] if not (folder / f).is_file()]
     if name == "mnist" and all((root / "MNIST/processed" / f).is_file()

@@ -25,7 +25,7 @@ import torch
 
 from sweep.folders import DEFAULT_IMAGE_SIZE, FolderError, scan_folder
 from sweep.train.data import (IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataError, FileSplit,
-                              _get, holdout_indices)
+                              holdout_indices, setting)
 from sweep.train.loader import Normalise, epoch_generator
 
 __all__ = ["FolderImages", "FolderLoader", "load_folder", "resize_for"]
@@ -37,19 +37,19 @@ def resize_for(image_size: int) -> int:
 
 def load_folder(cfg: Any) -> DataBundle:
     """The image folder ``cfg.path`` as a ``DataBundle`` of ``FileSplit``s."""
-    path = _get(cfg, "path")
+    path = setting(cfg, "path")
     if path is None:
         raise DataError("dataset: imagefolder needs data.path, a folder with train/ and val/")
     try:
         scan = scan_folder(path)
     except FolderError as exc:
         raise DataError(str(exc)) from None
-    if int(_get(cfg, "crop_pad", 0)):
-        raise DataError(f"data.crop_pad={_get(cfg, 'crop_pad')} does not apply to an image folder, "
+    if int(setting(cfg, "crop_pad", 0)):
+        raise DataError(f"data.crop_pad={setting(cfg, 'crop_pad')} does not apply to an image folder, "
                         "whose training crop is RandomResizedCrop(data.image_size); leave it out")
-    size = int(_get(cfg, "image_size", DEFAULT_IMAGE_SIZE))
-    mean = tuple(float(v) for v in _get(cfg, "mean", IMAGENET_MEAN))
-    std = tuple(float(v) for v in _get(cfg, "std", IMAGENET_STD))
+    size = int(setting(cfg, "image_size", DEFAULT_IMAGE_SIZE))
+    mean = tuple(float(v) for v in setting(cfg, "mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in setting(cfg, "std", IMAGENET_STD))
     if len(mean) != 3 or len(std) != 3:
         raise DataError(f"data.mean {mean} / data.std {std} need three values: an image folder's "
                         "images are read as RGB")
@@ -58,9 +58,9 @@ def load_folder(cfg: Any) -> DataBundle:
     display = f"imagefolder {scan.root}"
     train = FileSplit(scan.root, scan.train_files, torch.from_numpy(scan.train_labels))
     test = FileSplit(scan.root, scan.eval_files, torch.from_numpy(scan.eval_labels))
-    val_fraction = float(_get(cfg, "val_fraction", 0.0))
+    val_fraction = float(setting(cfg, "val_fraction", 0.0))
     if val_fraction > 0:
-        train_idx, val_idx = holdout_indices(len(train), val_fraction, int(_get(cfg, "split_seed", 0)), display)
+        train_idx, val_idx = holdout_indices(len(train), val_fraction, int(setting(cfg, "split_seed", 0)), display)
         train, val = (FileSplit(scan.root, scan.train_files[i.numpy()], train.y[i])
                       for i in (train_idx, val_idx))
     else:
@@ -70,12 +70,12 @@ def load_folder(cfg: Any) -> DataBundle:
                         "scored on it when data.val_fraction is 0; add images or hold out a "
                         "validation split (data.val_fraction: 0.1)")
     notes = [f"imagefolder: streamed from {scan.root} (train/ and {scan.eval_split}/); training "
-             f"RandomResizedCrop({size}){' + flip' if _get(cfg, 'flip', True) else ''}, evaluation "
+             f"RandomResizedCrop({size}){' + flip' if setting(cfg, 'flip', True) else ''}, evaluation "
              f"Resize({resize_for(size)}) + CenterCrop({size})"]
     return DataBundle(name="imagefolder", train=train, val=val, test=test,
                       num_classes=len(scan.classes), in_channels=3, image_size=(size, size),
                       classes=scan.classes, mean=mean, std=std, crop_pad=0,
-                      flip=bool(_get(cfg, "flip", True)), notes=notes)
+                      flip=bool(setting(cfg, "flip", True)), notes=notes)
 
 
 def _transform(image_size: int, train: bool, flip: bool):

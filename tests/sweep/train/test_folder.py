@@ -122,17 +122,17 @@ def test_config_checks_see_the_folder_before_a_run(folder, tmp_path):
 
 def test_one_epoch_of_quantized_resnet18_on_an_image_folder(folder):
     """The engine trains a W4A4 ImageNet-family ResNet-18 for one epoch from the folder
-    (half of train/, two steps of 3 crops of 32 pixels: seconds on a CPU; two decoding
+    (half of train/: one step of 6 crops of 32 pixels, seconds on a CPU; two decoding
     workers) and scores the held-out half of train/ and the val/ images."""
     tree = {"data": {"dataset": "imagefolder", "path": str(folder), "image_size": 32, "workers": 2,
                      "val_fraction": 0.5},
             "model": {"arch": "resnet18"}, "quant": {"w_bits": 4, "a_bits": 4, "scheme": "apot"},
-            "train": {"epochs": 1, "batch_size": 3, "lr": 0.01, "device": "cpu", "compile": False}}
+            "train": {"epochs": 1, "batch_size": 6, "lr": 0.01, "device": "cpu", "compile": False}}
     from sweep.train.engine import Trainer
     tr = Trainer(resolve_trial(tree), log=lambda s: None)
     assert tr.model.quant_policy.family == "imagenet" and tr.model.fc.out_features == 3
     assert isinstance(tr.train_loader, FolderLoader) and tr.train_loader.workers == 2
-    assert len(tr.train_loader) == 2 and len(tr.val_loader.dataset) == len(tr.test_loader.dataset) == 6
+    assert len(tr.train_loader) == 1 and len(tr.val_loader.dataset) == len(tr.test_loader.dataset) == 6
     before = tr.model.layer1[0].conv1.weight.detach().clone()
     summary = tr.run()
     m = summary["last"]

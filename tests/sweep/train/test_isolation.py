@@ -18,7 +18,8 @@ print(json.dumps(sorted(m for m in ("ray", "mlflow", "optuna") if m in sys.modul
 
 
 @pytest.mark.parametrize("modules", [
-    "sweep.train.engine, sweep.train.data, sweep.train.loader, sweep.train.evaluate, sweep.train.bits",
+    "sweep.train.engine, sweep.train.data, sweep.train.loader, sweep.train.evaluate, sweep.train.bits, "
+    "sweep.train.folder",
     "sweep.config",
 ])
 def test_wing_imports_neither_ray_nor_mlflow(modules):

@@ -129,6 +129,32 @@ def test_pick_init_matches_model_data_and_match_keys():
     assert pick_init(cfg, InitFrom("nothing"), cands, "max") is None
 
 
+def test_imagenet_chains_start_each_architecture_from_its_own(tmp_path, images):
+    """apot_imagenet_resnet.yaml: every quantized trial starts from the previous stage's
+    trial of its own architecture; the uniform ResNet-18 from the APoT 5-bit one at 4 bits,
+    from its own scheme at 3 bits."""
+    exp = load_experiment(REPO / "search_spaces" / "apot_imagenet_resnet.yaml",
+                          [f"data.path={images}"], cwd=str(tmp_path))
+    plans = {s.name: plan_stage(exp, s.name) for s in exp.stages}
+
+    def candidates(stage):
+        return [{"stage": stage, "trial_id": f"{stage}-{i}", "run_id": None, "metric": 50.0 + i,
+                 "checkpoint": f"/x/{stage}-{i}/model.pt", "config": resolve_trial(t).to_dict(),
+                 "bits": "W4A4"} for i, t in enumerate(plans[stage].expand_grid())]
+
+    for stage, source in (("w5a5", "fp32"), ("w4a4", "w5a5"), ("w3a3", "w4a4"), ("w2a2", "w3a3")):
+        for tree in plans[stage].expand_grid():
+            cfg = resolve_trial(tree)
+            pick = pick_init(cfg, cfg.train.init, candidates(source), "max")
+            assert pick["config"]["model"]["arch"] == cfg.model.arch, (stage, cfg.model.arch)
+            if stage in ("w3a3", "w2a2"):
+                assert pick["config"]["quant"]["scheme"] == cfg.quant.scheme
+            elif stage == "w4a4" and cfg.quant.scheme == "uniform":
+                assert pick["trial_id"] == "w5a5-0"          # the APoT ResNet-18 at 5 bits
+    assert [resolve_trial(t).model.arch for t in plans["w4a4"].expand_grid()] == [
+        "resnet18", "resnet34", "resnet50", "resnet18"]
+
+
 def test_bits_labels():
     from models.registry import build_model
     from quant import QuantPolicy
