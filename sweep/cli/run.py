@@ -229,8 +229,8 @@ def _interrupt(signum, frame):
 
 def _run(exp, plans, paths: Paths, args, bundles) -> int:
     from sweep.tune import cluster
-    print(f"starting Ray ({'the cluster at ' + args.address if args.address else 'a local cluster'}) "
-          f"and the MLflow store {paths.mlflow}", flush=True)
+    where = f"the cluster at {args.address}" if args.address else "a local cluster"
+    print(f"starting Ray ({where}) and the MLflow store {paths.mlflow}", flush=True)
     ray, held = cluster.start_ray(args)
     recorder = None
     signal.signal(signal.SIGTERM, _interrupt)

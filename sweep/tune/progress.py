@@ -7,7 +7,7 @@ test accuracy after the columns.
     0:12     8e1c2_00000  2             0.05      RUNNING       -        -      -
     0:31     8e1c2_00000  2             0.05      RUNNING     1/3    23.44  23.44  (17.9 s/epoch)
     0:49     8e1c2_00000  2             0.05      STOPPED     2/3    20.31  23.44  (ASHA)
-    0:49     stage w2a2: 1 done, 1 running, 2 pending; ETA 2:23 (8 epochs left at 17.9 s/epoch, 1 at a time)
+    0:49     stage w2a2: 1 done, 1 running, 2 pending; ETA 2:23 (8 epoch(s) left at 17.9 s/epoch, 1 at a time)
 
 The stage lines (``stage_line``) come after each trial that ends, whenever the table
 has been quiet for ``HEARTBEAT_S`` and at least every ``STATUS_EVERY_S``: the trials

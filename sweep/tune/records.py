@@ -282,10 +282,10 @@ class StageRun:
         done = len(self.entry["trials"])
         running = len(self.running)
         pending = max(self.plan.num_trials() - done - running, 0)
-        left = sum(max((of or self.plan.max_epochs()) - epoch, 0) for t, (epoch, of) in self.epochs_done.items()
-                   if t in self.running)
-        left += sum(self.plan.max_epochs() for t in self.running if t not in self.epochs_done)
-        left += pending * self.plan.max_epochs()
+        most = self.plan.max_epochs()           # a trial not reported yet: the largest
+        left = sum(max((self.epochs_done[t][1] or most) - self.epochs_done[t][0], 0)
+                   if t in self.epochs_done else most for t in self.running)
+        left += pending * most
         measured = list(self.epoch_s.values())
         epoch_s = sum(measured) / len(measured) if measured else None
         at_once = min(self.at_once, running + pending) or 1
