@@ -10,6 +10,8 @@ import logging
 import logging.handlers
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import uuid
 
@@ -71,10 +73,24 @@ def check_resources(plans, cpus: float, gpus: float, where: str) -> str | None:
     return None
 
 
-def token_problem(host: str, port: int) -> str | None:
+def token_problem(host: str, port: int, timeout_s: float = 30.0) -> str | None:
     """Why the GCS at ``host:port`` refuses this driver (Ray's token authentication), or
-    None: a GCS client of Ray's own connects, sending what ``ray.init`` would send (the
-    token when ``RAY_AUTH_MODE=token``). Other failures are left to ``ray.init``."""
+    None. Asked from a child process with this environment: Ray's client logs its
+    retries on stderr, and holds process-wide state. Other failures (and a child that
+    does not answer within ``timeout_s``) are left to ``ray.init``."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from sweep.tune.cluster import "
+            "_token_problem; print(_token_problem(sys.argv[2], int(sys.argv[3])) or '')")
+    try:
+        child = subprocess.run([sys.executable, "-c", code, str(REPO), host, str(port)],
+                               capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    return (child.stdout.strip() or None) if child.returncode == 0 else None
+
+
+def _token_problem(host: str, port: int) -> str | None:
+    """``token_problem`` in this process: a GCS client of Ray's own connects, sending
+    what ``ray.init`` would send (the token when ``RAY_AUTH_MODE=token``)."""
     from ray._raylet import (AuthenticationMode, AuthenticationTokenLoader, GcsClient,
                              get_authentication_mode)
     from ray.exceptions import AuthenticationError

@@ -1,8 +1,9 @@
 """run_sweep.py on a real two-node Ray cluster — a head and a second node started with
 `ray start`, 1 CPU each, token authentication — recording to a real `mlflow server`
 with an artifacts destination: the trials run on both nodes and each is recorded once,
-its checkpoint behind the server; a storage folder the second node does not see (its
-own mount namespace) is refused before any trial; the second node lost mid-sweep (its
+its checkpoint behind the server; a driver without the cluster's token, and a storage
+folder the second node does not see (its own mount namespace), are refused before any
+trial; the second node lost mid-sweep (its
 raylet killed by PID) costs no run, no epoch logged twice and no run left RUNNING.
 One cluster and one server serve the module (the second node is restarted for a test
 when it is gone); all of it is stopped by PID at the end, also on failure."""
@@ -106,6 +107,22 @@ def test_a_sweep_on_two_nodes_records_every_trial_once_with_its_checkpoint_behin
         assert len(stored) == 1 and open(local, "rb").read() == stored[0].read_bytes()
         ckpt = read_checkpoint(local)
         assert is_project_checkpoint(ckpt) and ckpt["model"]["arch"] == "resnet20"
+
+
+def test_a_driver_without_the_clusters_token_is_refused_with_what_to_do(lab, tmp_path):
+    write(tmp_path, SWEEP.format(name="no_token", train_size=128, epochs=1))
+    cases = {"none": {}, "wrong": {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}}
+    procs = {case: subprocess.Popen([*RUN, *map(str, args(lab, tmp_path / case))], cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=env(extra)) for case, extra in cases.items()}
+    out = {case: proc.communicate(timeout=120) for case, proc in procs.items()}
+    where = f"s.yaml: --address: the Ray cluster at {lab.cluster.address}"
+    assert procs["none"].returncode == 2 and out["none"][1].startswith(
+        f"{where} asks for a token and this driver sends none (RAY_AUTH_MODE is not 'token'); "
+        "export RAY_AUTH_MODE=token"), out["none"]
+    assert procs["wrong"].returncode == 2 and out["wrong"][1].startswith(
+        f"{where} refused this driver's token"), out["wrong"]
+    assert lab.client.get_experiment_by_name("no_token") is None
 
 
 def test_a_storage_folder_a_node_does_not_see_is_refused_before_any_trial(lab, tmp_path):
