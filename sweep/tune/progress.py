@@ -59,17 +59,19 @@ def clock(seconds: float) -> str:
 
 
 def stage_line(stage: str, done: int, running: int, pending: int, epochs_left: int,
-               epoch_s: float | None, at_once: int, early_stop: bool = False) -> str:
+               epoch_s: float | None, at_once: int, early_stop: bool = False,
+               into_s: float = 0.0) -> str:
     """``stage w4a4: 1 done, 2 running, 1 pending; ETA 3:10 (...)``: the ETA is the
     ``epochs_left`` of the running and pending trials at ``epoch_s`` seconds an epoch
-    (as measured), ``at_once`` trials at a time; an upper bound (``≤``) when a scheduler
-    may stop trials early."""
+    (as measured), less the ``into_s`` seconds the running trials have spent on their
+    current epochs, ``at_once`` trials at a time; an upper bound (``≤``) when a
+    scheduler may stop trials early."""
     head = f"stage {stage}: {done} done, {running} running, {pending} pending"
     if not running and not pending:
         return head
     if epoch_s is None:
         return f"{head}; ETA once an epoch is measured"
-    eta = epochs_left * epoch_s / max(at_once, 1)
+    eta = max(epochs_left * epoch_s - into_s, 0.0) / max(at_once, 1)
     bound = "≤ " if early_stop else ""
     note = "; ASHA may stop trials sooner" if early_stop else ""
     return (f"{head}; ETA {bound}{clock(eta)} ({epochs_left} epoch(s) left at "

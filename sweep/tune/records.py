@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+import time
 
 from sweep.config import resolve_trial
 from sweep.config.applies import applicable
@@ -99,6 +100,7 @@ class StageRun:
         self.epochs_done: dict[str, tuple[int, int | None]] = {}   # trial -> (epoch, of)
         self.epoch_s: dict[str, float] = {}      # trial -> its latest epoch's seconds
         self.where: dict[str, dict] = {}        # trial -> the node tags its run holds
+        self.since: dict[str, float] = {}        # trial -> when its current epoch began
         self.entry = state.stage(plan.name)
         if plan.budgeted:         # draws rejected while planning (grid/random); Optuna's count on
             self.entry.setdefault("rejected_over_budget", plan.rejected() or 0)
@@ -166,6 +168,7 @@ class StageRun:
         if trial_id in self.entry["trials"]:
             return              # closed already; Ray restarts it after a killed driver
         self.running.add(trial_id)
+        self.since[trial_id] = time.monotonic()
         self.at_once = max(self.at_once, len(self.running))
         cfg = resolve_trial(config["tree"])
         _, lineage, _ = init_source(cfg, config["_sweep"])
@@ -197,6 +200,7 @@ class StageRun:
             extra.append(f"test_acc {result['test_acc']:.2f}")
         note = f"({', '.join(extra)})" if extra else ""
         self.epochs_done[trial_id] = (int(result["epoch"]), self._epochs(config))
+        self.since[trial_id] = time.monotonic()
         if _finite(result.get("epoch_time_s")):
             self.epoch_s[trial_id] = float(result["epoch_time_s"])
         self.table.row(trial_id, self.values(config), "RUNNING", result["epoch"],
@@ -289,8 +293,11 @@ class StageRun:
         measured = list(self.epoch_s.values())
         epoch_s = sum(measured) / len(measured) if measured else None
         at_once = min(self.at_once, running + pending) or 1
+        now = time.monotonic()          # how far the running trials are into their epochs
+        into = sum(min(now - self.since.get(t, now), epoch_s or 0.0) for t in self.running)
         self.table.status(stage_line(self.plan.name, done, running, pending, left, epoch_s,
-                                     at_once, self.plan.search.scheduler.type == "asha"))
+                                     at_once, self.plan.search.scheduler.type == "asha",
+                                     into_s=into))
 
     def heartbeat(self) -> None:
         """The stage line again when it is due (``ProgressTable.due``)."""

@@ -266,6 +266,9 @@ def test_stage_line_counts_trials_and_times_the_epochs_left():
         "47.5 s/epoch, 2 at a time)")
     asha = stage_line("w4a4", 0, 1, 3, 40, 100.0, 1, early_stop=True)
     assert "ETA ≤ 1:06:40" in asha and "ASHA may stop trials sooner" in asha
+    # 40 s into the current epochs: (570 - 40) / 2 = 265 s
+    assert "ETA 4:25 (12 epoch(s)" in stage_line("w4a4", 1, 2, 1, 12, 47.5, 2, into_s=40)
+    assert "ETA 0:00 (1 epoch(s)" in stage_line("w4a4", 1, 1, 0, 1, 47.5, 1, into_s=60)
     assert stage_line("fp32", 0, 2, 0, 4, None, 2).endswith("; ETA once an epoch is measured")
     assert stage_line("fp32", 3, 0, 0, 0, 10.0, 2) == "stage fp32: 3 done, 0 running, 0 pending"
     assert (clock(59.6), clock(3725)) == ("1:00", "1:02:05")
