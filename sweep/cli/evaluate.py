@@ -4,6 +4,7 @@ bits per layer (its per-channel bits are in the checkpoint).
 
     python -m sweep.evaluate CHECKPOINT [--dataset NAME --data-root DIR | --data-path FILE]
                              [--arch A --w-bits N --a-bits N --scheme S [--z Z]] [--json]
+                             [--init-alphas keep|mse] [--bn-reestimate-batches N]
                              [--mlflow-uri URI]
 
 CHECKPOINT is a file, ``runs:/<run_id>[/<artifact path>]`` or ``models:/<name>@<alias>``
@@ -12,7 +13,10 @@ CHECKPOINT is a file, ``runs:/<run_id>[/<artifact path>]`` or ``models:/<name>@<
 A checkpoint written by this project carries its model, quantization and normalisation;
 a reference checkpoint (APoT CIFAR, ImageNet or MNIST; N_grid) needs ``--arch``,
 ``--w-bits``, ``--a-bits`` and ``--scheme`` (and ``--z`` for ngrid): its quantizer family
-is read from its keys. Exit status 0, or 2 with one message on bad input.
+is read from its keys. ``--init-alphas mse`` and ``--bn-reestimate-batches N`` calibrate
+the model on the training images before it is scored, as ``train.init_alphas`` and
+``train.bn_reestimate_batches`` do before training. Exit status 0, or 2 with one message
+on bad input.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ import quant
 from models.checkpoint import (CheckpointError, family_of, is_project_checkpoint, load_weights,
                                model_of, policy_of, read_checkpoint)
 from quant.dambq import mean_bits
+from sweep.config.schema import INIT_ALPHAS
 from sweep.train.bits import model_cost
+from sweep.train.calibrate import calibrate
 from sweep.train.data import DataError, load_data
 from sweep.train.evaluate import evaluate_model
 from sweep.train.loader import make_loader
@@ -44,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--data-path", default=None, help="the .npz file or image folder")
     g.add_argument("--split", default="test", choices=["test", "train"],
                    help="which images to score (default test)")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=256, help="images per batch, scoring and calibrating")
     m = p.add_argument_group("model (required for reference checkpoints)")
     m.add_argument("--arch")
     m.add_argument("--w-bits", type=int)
@@ -54,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--z", type=float)
     m.add_argument("--first-last-bits", type=int, default=None)
     m.add_argument("--num-classes", type=int, default=None)
+    c = p.add_argument_group("calibration on the training images (train.init_alphas, "
+                             "train.bn_reestimate_batches), before scoring")
+    c.add_argument("--init-alphas", choices=INIT_ALPHAS, default="keep",
+                   help="keep: the checkpoint's thresholds (default); mse: each layer's fitted at "
+                        "its bit width")
+    c.add_argument("--bn-reestimate-batches", type=int, default=0, metavar="N",
+                   help="re-estimate BatchNorm statistics from N training batches (default 0: no)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--mlflow-uri", default=None,
@@ -86,6 +99,10 @@ def _model(args, ckpt: dict, bundle):
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.bn_reestimate_batches < 0:
+        print(f"error: --bn-reestimate-batches {args.bn_reestimate_batches}: expected 0 or more",
+              file=sys.stderr)
+        return 2
     try:
         path = args.checkpoint
         if str(path).startswith(("runs:/", "models:/")):
@@ -113,6 +130,9 @@ def main(argv=None) -> int:
         "val" if args.split == "test" else "train")
     loader = make_loader(bundle, which, args.batch_size, device, train=False,
                          workers=torch.get_num_threads())
+    calibrated = calibrate(model, make_loader(bundle, "train", args.batch_size, device, train=True,
+                                              workers=torch.get_num_threads()),
+                           args.init_alphas, args.bn_reestimate_batches)
     t0 = time.perf_counter()
     result = evaluate_model(model, loader)
     seconds = time.perf_counter() - t0
@@ -125,7 +145,8 @@ def main(argv=None) -> int:
            "loss": result["loss"], "alphas": alphas, "arch": model.arch,
            "quant": policy.to_dict(), **cost.as_dict(), "image_size": list(bundle.image_size),
            "missing_alphas": info["missing_alphas"], "seconds": round(seconds, 3),
-           "dambq_mean_bits": {n: {"w_bits": w, "a_bits": a} for n, (w, a) in dambq.items()}}
+           "dambq_mean_bits": {n: {"w_bits": w, "a_bits": a} for n, (w, a) in dambq.items()},
+           "init_alphas": args.init_alphas, "bn_reestimate_batches": calibrated["bn_batches"]}
     if args.json:
         print(json.dumps(out))
         return 0
@@ -138,6 +159,11 @@ def main(argv=None) -> int:
     print(f"  average bits: weights {cost.avg_w_bits:.3f}, activations {cost.avg_a_bits:.3f}; "
           f"weight size {cost.weight_size_bytes:,.0f} bytes; {cost.bops:,.0f} BOPs per "
           f"{bundle.image_size[0]}x{bundle.image_size[1]} image")
+    done = (["every clipping threshold fitted at its bit width (mse)"] if calibrated["alphas"] else []) + (
+        [f"BatchNorm statistics re-estimated from {calibrated['bn_batches']} batches"]
+        if calibrated["bn_batches"] else [])
+    if done:
+        print(f"  calibrated on the training images first: {'; '.join(done)}")
     if info["missing_alphas"]:
         print(f"  note: {len(info['missing_alphas'])} clipping thresholds were not in the checkpoint "
               "and keep their initial values")

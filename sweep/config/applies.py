@@ -6,9 +6,9 @@ the model's own default), the ``data.synthetic.*`` sizes of a non-synthetic data
 ``data.path`` of a torchvision dataset and ``data.root`` of a file, ``data.image_size`` and
 ``data.workers`` of anything but an image folder, ``data.crop_pad`` of an image folder, ``data.split_seed``
 without a validation split, ``train.milestones``/``train.gamma`` off the step schedule,
-the alpha settings of a model with no quantized layer or only DAMBQ layers (whose one
-threshold per layer trains with ``train.lr``), and ``quant.allocation.*`` when no
-allocation runs.
+the alpha settings (``train.init_alphas`` included) of a model with no quantized layer
+or only DAMBQ layers (whose one threshold per layer trains with ``train.lr``), and
+``quant.allocation.*`` when no allocation runs.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ __all__ = ["applicable", "TORCHVISION_DATASETS", "FILE_DATASETS"]
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "mnist")     # found or downloaded under data.root
 FILE_DATASETS = ("npz", "imagefolder")                       # read from data.path
 _ALPHA_KEYS = ("train.alpha_lr_act", "train.alpha_lr_weight", "train.alpha_weight_decay",
-               "train.alpha_floor")
+               "train.alpha_floor", "train.init_alphas")
 
 
 def _applies(key: str, cfg: TrialConfig) -> bool:

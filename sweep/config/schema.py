@@ -18,6 +18,7 @@ def _data_name(v, cwd):
 
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "npz", "imagefolder", "synthetic")  # data.dataset
+INIT_ALPHAS = ("keep", "mse")     # train.init_alphas (sweep.train.calibrate)
 METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss")
 
 
@@ -99,6 +100,11 @@ class TrainConfig(_Section):
     alpha_floor: float = real(1e-3, 0)              # thresholds kept >= this
     seed: int = integer(0, 0)
     init: str | InitFrom | None = key(None, c.init, null=True)
+    # the thresholds training starts from: keep (train.init's, or the initial values) or
+    # mse (each layer's fitted at its own bit width: quant.calibrate)
+    init_alphas: str = choice("keep", INIT_ALPHAS, what="init_alphas")
+    # batches: BatchNorm statistics re-estimated before training and before each evaluation
+    bn_reestimate_batches: int = integer(0, 0)
     eval_before: bool = flag(False)
     device: str = key("auto", c.device)
     precision: str = choice("fp32", ("fp32", "bf16"), what="precision")

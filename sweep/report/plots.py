@@ -240,6 +240,7 @@ def plot_pareto(rows: list[Row], path: str) -> str | None:
         return None
     fig = Figure(figsize=(12, 4.8))
     stages = list(dict.fromkeys(r.stage for r in pts))
+    schemes = {r.scheme for r in pts}
     for i, (key, unit, xlabel, what) in enumerate(_PARETO_AXES):
         ax = fig.add_subplot(1, 2, i + 1)
         x = lambda r: r.cost[key] / unit           # noqa: E731
@@ -254,9 +255,12 @@ def plot_pareto(rows: list[Row], path: str) -> str | None:
                 drawstyle="steps-post", linewidth=1.5, zorder=3, label="Pareto front")
         ax.plot([x(r) for r in front], [r.reported.mean for r in front], linestyle="none",
                 marker="*", markersize=12, color="crimson", zorder=4)
-        for r in front:
-            ax.annotate(r.bits_label, (x(r), r.reported.mean), fontsize=7,
-                        textcoords="offset points", xytext=(5, -10))
+        on_front = {id(r) for r in front}
+        for r in pts:               # every point named: its bits, and its scheme where they differ
+            ax.annotate(f"{r.bits_label} {r.scheme}" if len(schemes) > 1 else r.bits_label,
+                        (x(r), r.reported.mean), fontsize=7, textcoords="offset points",
+                        xytext=(5, -10), color="crimson" if id(r) in on_front else "0.25")
+        ax.margins(x=0.12)          # room for the labels of the outermost points
         if max(x(r) for r in pts) / max(min(x(r) for r in pts), 1e-12) > 20:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)

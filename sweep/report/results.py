@@ -115,7 +115,10 @@ class Trial:
 
     @property
     def mixed(self) -> bool:
-        return any(k.startswith(LAYERS_PREFIX) for k in self.params)
+        """Per-layer bits: ``quant.layers`` entries, or a bit allocation (``quant.allocation``)
+        that moves each layer's bits away from ``quant.w_bits``/``a_bits`` while it trains."""
+        return any(k.startswith(LAYERS_PREFIX) for k in self.params) or \
+            self.params.get("quant.allocation.method") not in (None, "none")
 
     @property
     def seed(self) -> Any:

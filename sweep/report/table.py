@@ -109,14 +109,16 @@ _SHOWN = {"model.arch", "data.dataset", "data.name", "quant.w_bits", "quant.a_bi
 
 def _other_settings(rows: list[Row]) -> dict[int, str]:
     """For each row, the config keys that differ between rows of the table and have no
-    column of their own (``train.init*`` left out: the stage column says it)."""
+    column of their own (``train.init*`` left out: the stage column says it); a key that
+    does not apply to a row (not among its parameters) is left out of that row."""
     keys = {k for r in rows for k in r.first.params}
     varying = sorted(
         k for k in keys
         if k not in _SHOWN and not k.startswith(("quant.layers.", "train.init"))
         and k not in ("train.seed", "data.root", "train.device")
         and len({repr(r.get(k)) for r in rows}) > 1)
-    return {id(r): ", ".join(f"{k}={_num(r.get(k))}" for k in varying) for r in rows}
+    return {id(r): ", ".join(f"{k}={_num(r.get(k))}" for k in varying if r.get(k) is not None) or DASH
+            for r in rows}
 
 
 @dataclasses.dataclass

@@ -1,7 +1,8 @@
 """The resolved bits of a model's layers and what they cost (``bits.json``: average bits,
 weight size, BOPs, ``quant.cost``), and the short label of a checkpoint's precision used
-in lineage tags: ``FP32``, ``W4A4`` or ``MIXED(w2.50,a3.00)`` (the plain averages over
-the layers the policy decides on). A DAMBQ layer's bits are its channels' bits as they
+in lineage tags: ``FP32``, ``W4A4`` or ``MIXED(w2.50,a3.00)`` (the averages of
+``quant.budget``: weight bits weighted by parameters, activation bits by input elements
+per 32x32 image). A DAMBQ layer's bits are its channels' bits as they
 are in the model (``quant.dambq.mean_bits``), not its policy's starting bits."""
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ def bits_label(model: nn.Module) -> str:
     ws, acts = {w for w, _ in bits}, {a for _, a in bits}
     if len(ws) == 1 and len(acts) == 1:
         return labels.bits_label(ws.pop(), acts.pop())
-    return labels.bits_label(sum(w for w, _ in bits) / len(bits), sum(a for _, a in bits) / len(bits),
-                             mixed=True)
+    cost, _ = model_cost(model)       # weighted as quant.budget counts them (search-space.md)
+    return labels.bits_label(cost.avg_w_bits, cost.avg_a_bits, mixed=True)
 
 
 def checkpoint_bits_label(path) -> str | None:

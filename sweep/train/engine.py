@@ -5,6 +5,10 @@
 ``on_epoch(metrics, trainer)`` after each. Used directly by ``python -m sweep.train``
 and as the body of the Ray trainable. Imports neither Ray nor MLflow.
 
+A fresh start first fits the clipping thresholds (``train.init_alphas: mse``) and
+re-estimates the BatchNorm statistics (``train.bn_reestimate_batches``), which are
+re-estimated again before each evaluation.
+
 Per-epoch metrics (docs/search-space.md, "Splits and epochs"): ``epoch``,
 ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (and ``test_loss``,
 ``test_acc`` with a validation split), ``lr``, ``epoch_time_s``, and every layer's
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 import models
 import quant
 from models.checkpoint import family_of, load_weights, provenance, read_checkpoint, save_checkpoint
+from sweep.train.calibrate import calibrate
 from sweep.train.loader import make_loader
 from sweep.config import InitFrom, TrialConfig
 from sweep.metrics import is_better
@@ -124,6 +129,7 @@ class Trainer:
         self.provenance = provenance()      # git commit and versions, for every checkpoint
         self.epoch = 0                      # epochs completed
         self.history: list[dict] = []
+        self.calibrated = False          # calibrate_start has run
         self.best: dict | None = None
 
     def _compiled(self):
@@ -167,6 +173,27 @@ class Trainer:
             self.log(f"init: {init}: {len(info['missing_alphas'])} clipping thresholds not in the "
                      "checkpoint keep their initial values")
         return info
+
+    # ---- calibration: train.init_alphas, train.bn_reestimate_batches -----------------
+    def calibrate_start(self) -> dict:
+        """What a fresh start does before its first step: with ``train.init_alphas: mse``
+        every clipping threshold fitted at its layer's bit width, then the BatchNorm
+        statistics re-estimated (``sweep.train.calibrate``). Done once: ``run`` calls it
+        on a fresh start unless the caller already has."""
+        t = self.cfg.train
+        self.calibrated = True
+        done = calibrate(self.model, self.train_loader, t.init_alphas if self.alphas else "keep",
+                         t.bn_reestimate_batches)
+        if done["alphas"]:
+            self.log(f"train.init_alphas: mse: {len(done['alphas'])} clipping thresholds fitted at "
+                     "their layers' bit widths")
+        return done
+
+    def reestimate_bn(self, epoch0: int) -> int:
+        """BatchNorm statistics re-estimated from the first ``train.bn_reestimate_batches``
+        batches of 0-based epoch ``epoch0`` (no gradient steps); returns how many were used."""
+        return calibrate(self.model, self.train_loader, bn_batches=self.cfg.train.bn_reestimate_batches,
+                         epoch0=epoch0)["bn_batches"]
 
     # ---- one epoch -------------------------------------------------------------------
     def _set_lr(self, epoch0: int, step: int) -> float:
@@ -237,12 +264,15 @@ class Trainer:
     def run(self, on_epoch: Callable[[dict, "Trainer"], None] | None = None) -> dict:
         """Train the remaining epochs; ``on_epoch(metrics, trainer)`` after each one."""
         t = self.cfg.train
-        if self.epoch == 0 and t.eval_before and not self.history:
-            m = {"epoch": 0, **self.evaluate(), "lr": self.base_lrs[0], "epoch_time_s": 0.0,
-                 **self._alpha_metrics(), **self._bits_metrics()}
-            self.history.append(m)
-            if on_epoch:
-                on_epoch(m, self)
+        if self.epoch == 0 and not self.history:       # a fresh start
+            if not self.calibrated:
+                self.calibrate_start()
+            if t.eval_before:
+                m = {"epoch": 0, **self.evaluate(), "lr": self.base_lrs[0], "epoch_time_s": 0.0,
+                     **self._alpha_metrics(), **self._bits_metrics()}
+                self.history.append(m)
+                if on_epoch:
+                    on_epoch(m, self)
         while self.epoch < t.epochs:
             epoch = self.epoch + 1
             t0 = time.perf_counter()
@@ -252,6 +282,7 @@ class Trainer:
                 if lowered:
                     self.log(f"epoch {epoch}: LBA lowered " + ", ".join(
                         f"{n} {kind} channel(s)" for kind, n in lowered.items()) + " by one bit")
+            self.reestimate_bn(epoch - 1)
             m.update(self.evaluate())
             m["epoch_time_s"] = time.perf_counter() - t0
             m.update(self._alpha_metrics())

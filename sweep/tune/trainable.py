@@ -12,7 +12,8 @@ Each epoch is reported once: ``tune.report(metrics, checkpoint=...)`` with a fol
 holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``;
 every epoch's result also carries the trial's ``COST_KEYS`` (average bits, weight size, BOPs of
 ``sweep.train.bits.bits_record``) and its clipping thresholds before training (under
-``INITIAL_PREFIX``: the values loaded from ``train.init``, else the initial ones), which
+``INITIAL_PREFIX``: the values loaded from ``train.init``, else the initial ones, as
+``train.init_alphas`` leaves them), which
 the driver logs once, at step 0 (as ``alpha/...``; ``train.eval_before`` logs them with
 its step 0 instead). With a bit allocation the engine's ``bits/...`` metrics carry the
 bits as they are after each epoch, and each epoch's ``bits.json`` is written anew (its
@@ -101,9 +102,11 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
         return
     data = _bundle(cfg, data_refs)
     trainer = Trainer(cfg, data=data, metric=metric, mode=mode, init_path=init_path, log=log.info)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        trainer.calibrate_start()       # train.init_alphas, train.bn_reestimate_batches
     before = {} if cfg.train.eval_before else {
         f"{INITIAL_PREFIX}alpha/{k}": v for k, v in quant.alphas(trainer.model).items()}
-    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         _resume(trainer, checkpoint)
     bits = bits_record(trainer.model, data.image_size)

@@ -89,3 +89,26 @@ def test_average_bits_size_and_bops_are_printed(tmp_path, capsys):
     text = capsys.readouterr().out
     assert ("average bits: weights 3.146, activations 2.922; weight size 113,496 bytes; "
             "498,630,656 BOPs per 32x32 image") in text
+
+
+def test_a_w4a4_checkpoint_scored_at_w2a2_after_calibration(shared_dir, mnist_npz, capsys):
+    """--init-alphas mse and --bn-reestimate-batches: the reference's MNIST W4A4 checkpoint
+    at W2A2 scores 36.39 % with its own thresholds (most 2-bit weights round to 0) and
+    about 85 % once they are fitted and BatchNorm re-estimated on training batches."""
+    ckpt = shared_dir / "checkpoints" / "apot_mnist_resnet10" / "w4a4_model_best.pth.tar"
+    if not ckpt.is_file():
+        pytest.skip(f"{ckpt} not found")
+    flags = [str(ckpt), "--arch", "mnist_resnet10", "--w-bits", "2", "--a-bits", "2", "--scheme", "apot",
+             "--dataset", "npz", "--data-path", str(mnist_npz), "--json", "--batch-size", "128"]
+    scores = {}
+    for extra in ([], ["--init-alphas", "mse", "--bn-reestimate-batches", "20"]):
+        assert evaluate.main(flags + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        scores[bool(extra)] = out
+    plain, fitted = scores[False], scores[True]
+    assert plain["correct"] == 3639 and plain["bn_reestimate_batches"] == 0
+    assert fitted["init_alphas"] == "mse" and fitted["bn_reestimate_batches"] == 20
+    assert 80.0 < fitted["accuracy"] < 95.0
+    assert fitted["alphas"]["weight/layer1.0.conv1"] < plain["alphas"]["weight/layer1.0.conv1"]
+    assert evaluate.main(flags + ["--bn-reestimate-batches", "-1"]) == 2
+    assert "--bn-reestimate-batches -1" in capsys.readouterr().err

@@ -40,32 +40,43 @@ def test_training_steps_equal_the_reference_imagenet_code_on_mnist(mnist_npz, bi
         torch.testing.assert_close(value, theirs[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
+def _zero_fraction(model) -> float:
+    """The share of the quantized conv weights that round to 0."""
+    zeros = total = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "weight_quant", None) is not None and hasattr(m.weight_quant, "wgt_alpha"):
+                q = m.weight_quant(m.weight)
+                zeros, total = zeros + int((q == 0).sum()), total + q.numel()
+    return zeros / total
+
+
 @pytest.mark.slow
 def test_w2a2_fine_tune_from_the_reference_w4a4_checkpoint_recovers(mnist_npz, shared_dir):
     """train.init takes the reference's ImageNet-family MNIST checkpoint (family from its
-    keys); 40 steps at W2A2 recover most of the accuracy lost by going from 4 to 2 bits.
+    keys); one epoch of the 14,262 training digits (112 steps of 128) at W2A2 keeps test
+    accuracy above 97 % when the thresholds are fitted at 2 bits and BatchNorm statistics
+    re-estimated (train.init_alphas: mse, train.bn_reestimate_batches: 20).
 
-    Measured on CPU (seed 0, lr 0.01): 36.39 % at W2A2 before training, 94.81 % after 40
-    steps, 95.87 % after 100 (lr 0.04: 96.09 %; lr 0.001: 92.25 %): below the 97 % asked
-    for, which this recipe does not reach within an epoch. The check asserts 94 %."""
+    The 4-bit weight thresholds (2.4-2.6 normalised) round 81 % of the 2-bit weights to 0:
+    36.39 % test accuracy with them; 84.93 % fitted and re-estimated, before any step.
+    Measured on CPU after the 112 steps (seeds 0, 1, 2): 97.62, 97.39, 97.30 % with both;
+    96.39, 95.58, 96.29 % with neither (docs/search-space.md, "Starting at a new bit width")."""
     ckpt = shared_dir / "checkpoints" / "apot_mnist_resnet10" / "w4a4_model_best.pth.tar"
     if not ckpt.is_file():
         pytest.skip(f"{ckpt} not found")
     tree = {"data": {"dataset": "npz", "path": str(mnist_npz)}, "model": {"arch": "mnist_resnet10"},
             "quant": {"w_bits": 2, "a_bits": 2, "scheme": "apot"},
-            "train": {"epochs": 1, "lr": 0.01, "batch_size": 128, "schedule": "constant", "init": str(ckpt)}}
+            "train": {"epochs": 1, "lr": 0.01, "batch_size": 128, "schedule": "constant", "init": str(ckpt),
+                      "init_alphas": "mse", "bn_reestimate_batches": 20, "eval_before": True}}
     tr = Trainer(resolve_trial(tree), log=lambda s: None)
     assert tr.init_info["missing_alphas"] == []
-    before = tr.evaluate()["val_acc"]
-    assert before < 60.0                    # 2-bit weights at the 4-bit thresholds: most round to 0
-    tr.model.train()
-    for step, (x, y) in enumerate(tr.train_loader.epoch(0)):
-        if step == 40:
-            break
-        loss = F.cross_entropy(tr.model(x), y)
-        tr.optimizer.zero_grad()
-        loss.backward()
-        tr.optimizer.step()
-    after = tr.evaluate()["val_acc"]
-    print(f"W2A2 from the W4A4 checkpoint: test accuracy {before:.2f} % before, {after:.2f} % after 40 steps")
-    assert len(tr.data.val) == 10000 and after > 94.0
+    zeros_4bit = _zero_fraction(tr.model)
+    rows = []
+    tr.run(lambda m, t: rows.append(m))
+    before, after = rows[0]["val_acc"], rows[1]["val_acc"]
+    print(f"W2A2 from the W4A4 checkpoint: {zeros_4bit:.0%} zero weights at its thresholds, "
+          f"{_zero_fraction(tr.model):.0%} after; test accuracy {before:.2f} % fitted, before any step, "
+          f"{after:.2f} % after {len(tr.train_loader)} steps")
+    assert zeros_4bit > 0.7 and _zero_fraction(tr.model) < 0.5
+    assert len(tr.data.val) == 10000 and 80.0 < before < 97.0 and after > 97.0

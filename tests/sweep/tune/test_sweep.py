@@ -80,7 +80,7 @@ stages:
   - name: first
   - name: second
     set: {quant.w_bits: 2, quant.a_bits: 2, train.epochs: 1, train.lr: 0.05,
-          train.init: {best_of: first}}
+          train.init: {best_of: first}, train.init_alphas: mse, train.bn_reestimate_batches: 2}
 """
 
 
@@ -109,6 +109,15 @@ def test_kill_9_then_resume_finishes_every_trial_once(tmp_path):
         assert sorted(steps(client, run.info.run_id, "alpha/act/layer1.0.conv1")) == [0, *want]
         assert {"checkpoint", "bits.json", "alphas.json"} <= {
             a.path for a in client.list_artifacts(run.info.run_id)}
+    # train.init_alphas: mse: the second stage starts from thresholds fitted at 2 bits, not
+    # from any value the first stage's checkpoints hold
+    key = "alpha/weight/layer1.0.conv1"
+    first = {m.value for r in trials if r.data.tags["sweep.stage"] == "first"
+             for m in client.get_metric_history(r.info.run_id, key)}
+    second = next(r for r in trials if r.data.tags["sweep.stage"] == "second")
+    assert second.data.params["train.init_alphas"] == "mse"
+    start = [m.value for m in client.get_metric_history(second.info.run_id, key) if m.step == 0]
+    assert len(start) == 1 and start[0] not in first, (start, first)
 
     again = sweep(tmp_path, "s.yaml", "--resume")       # nothing left to do
     assert again.returncode == 0, again.stdout + again.stderr
