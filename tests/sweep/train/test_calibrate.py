@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-import quant
 from quant.calibrate import fit_alphas
 from sweep.config import resolve_trial
 from sweep.train.calibrate import calibrate, reestimate_batchnorm

@@ -132,7 +132,7 @@ def test_a_storage_folder_a_node_does_not_see_is_refused_before_any_trial(lab, t
                  extra_env=cluster.auth_env, timeout=240)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     second = cluster.node_ids()["second"][:12]
-    assert proc.stderr.startswith(f"s.yaml: --storage: node ") and f"(Ray node {second})" in \
+    assert proc.stderr.startswith("s.yaml: --storage: node ") and f"(Ray node {second})" in \
         proc.stderr and "does not see" in proc.stderr, proc.stderr
     assert not (cluster.unshared / "sweeps" / "unshared").exists()         # nothing left
     assert lab.client.get_experiment_by_name("unshared") is None           # nor recorded

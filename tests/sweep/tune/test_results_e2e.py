@@ -189,7 +189,7 @@ def test_progress_lines_links_views_and_thresholds_before_training(done):
         version = client.get_model_version_by_alias(f"{NAME}-resnet20", f"{name}-best")
         assert (f"#/models/{NAME}-resnet20/versions/{version.version}"
                 "?workflowType=machine_learning") in out
-    assert f"viewStateShareKey=sweep-runs" in out and "mlflow.sharedViewState.sweep-runs" in exp.tags
+    assert "viewStateShareKey=sweep-runs" in out and "mlflow.sharedViewState.sweep-runs" in exp.tags
     for run in trials:
         history = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
                    for k in run.data.metrics if k.startswith("alpha/")}
