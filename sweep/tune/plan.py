@@ -163,7 +163,7 @@ class StagePlan:
         bits (``quant.cost``)."""
         lines = []
         for i, tree in enumerate(trees[:_MAX_LISTED]):
-            row = searched_values(tree, self.searched)
+            row = _applying(tree, searched_values(tree, self.searched))
             lines.append(f"    {i:>3}  " + "  ".join(f"{k}={_short(v)}" for k, v in row.items())
                          + _averages(tree))
         if len(trees) > _MAX_LISTED:
@@ -190,6 +190,19 @@ def plan_stage(exp: Experiment, stage_name: str) -> StagePlan:
 
 def searched_values(tree: dict, keys) -> dict:
     return {k: get_dotted(tree, k, None) for k in keys}
+
+
+def _applying(tree: dict, row: dict) -> dict:
+    """The searched values of a trial that apply to it (``sweep.config.applies``): an arm
+    without a bit allocation does not list ``quant.allocation.*``, nor a DAMBQ arm the
+    alpha settings. The row unchanged when the tree does not resolve."""
+    from sweep.config import resolve_trial
+    from sweep.config.applies import applicable
+    try:
+        keys = applicable(resolve_trial(tree))
+    except Exception:       # noqa: BLE001 - the dry run reports a bad tree on its own
+        return row
+    return {k: v for k, v in row.items() if k in keys or any(a.startswith(k + ".") for a in keys)}
 
 
 def _averages(tree: dict) -> str:
