@@ -117,7 +117,7 @@ def _other_settings(rows: list[Row]) -> dict[int, str]:
         if k not in _SHOWN and not k.startswith(("quant.layers.", "train.init"))
         and k not in ("train.seed", "data.root", "train.device")
         and len({repr(r.get(k)) for r in rows}) > 1)
-    return {id(r): ", ".join(f"{k}={_num(r.get(k))}" for k in varying if r.get(k) is not None) or DASH
+    return {id(r): ", ".join(f"{k}={_num(r.get(k))}" for k in varying if r.get(k) is not None)
             for r in rows}
 
 
