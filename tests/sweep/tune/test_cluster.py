@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import pathlib
 import signal
 import subprocess
@@ -138,8 +139,8 @@ def test_a_storage_folder_a_node_does_not_see_is_refused_before_any_trial(lab, t
     assert lab.client.get_experiment_by_name("unshared") is None           # nor recorded
 
 
-def _first_epoch_on(lab, name: str, node_id: str, proc, timeout_s: float = 180) -> str:
-    """The trial id of a run tagged with ``node_id`` once it has logged an epoch."""
+def _first_epoch_on(lab, name: str, node_id: str, proc, timeout_s: float = 180, epochs: int = 1) -> str:
+    """The trial id of a run tagged with ``node_id`` once it has logged ``epochs`` epochs."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the sweep ended before a trial reported from the node"
@@ -147,7 +148,8 @@ def _first_epoch_on(lab, name: str, node_id: str, proc, timeout_s: float = 180) 
         if exp is not None:
             for run in lab.client.search_runs(
                     [exp.experiment_id], filter_string=f"tags.`sweep.node_id` = '{node_id}'"):
-                if "val_acc" in run.data.metrics:
+                if "val_acc" in run.data.metrics and len(
+                        lab.client.get_metric_history(run.info.run_id, "val_acc")) >= epochs:
                     return run.data.tags["sweep.trial_id"]
         time.sleep(0.3)
     pytest.fail(f"no trial logged an epoch on node {node_id} within {timeout_s:g} s")
@@ -163,7 +165,8 @@ def test_a_lost_node_mid_sweep_costs_no_run_no_epoch_twice_and_leaves_none_runni
         proc = subprocess.Popen([*RUN, *map(str, args(lab, tmp_path))], cwd=tmp_path, stdout=log,
                                 stderr=subprocess.STDOUT, env=env(cluster.auth_env))
     try:
-        moved = _first_epoch_on(lab, "lost_node", ids["second"], proc)
+        # two epochs logged: the first one's checkpoint is surely registered with Ray
+        moved = _first_epoch_on(lab, "lost_node", ids["second"], proc, epochs=2)
         os.kill(second.raylet_pid(), signal.SIGKILL)          # the node is gone
         assert proc.wait(timeout=300) == 0, out.read_text()
     finally:
@@ -172,7 +175,13 @@ def test_a_lost_node_mid_sweep_costs_no_run_no_epoch_twice_and_leaves_none_runni
             proc.wait()
     rows = [line for line in out.read_text().splitlines() if moved in line]
     assert any("RETRY" in r for r in rows) and any("(resumed; epochs 1-" in r for r in rows), rows
-    assert not any("replayed" in r for r in rows), rows   # it went on from its checkpoint
+    # it went on from its last checkpoint, not from the start: the first epoch it reports
+    # again is past epoch 1, and at most one epoch (the one whose report was in flight when
+    # the node died, its checkpoint not yet registered) is replayed, and not logged again
+    after = rows[next(i for i, r in enumerate(rows) if "RETRY" in r):]
+    epochs_after = [int(m.group(1)) for r in after if (m := re.search(r"RUNNING\s+(\d+)/5", r))]
+    assert epochs_after and epochs_after[0] > 1, rows
+    assert sum("replayed" in r for r in rows) <= 1, rows
 
     trials = assert_each_trial_once_and_ended(lab, "lost_node", epochs=5)
     by_trial = {r.data.tags["sweep.trial_id"]: r for r in trials}
