@@ -227,27 +227,47 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _nothing_left(plans, paths: Paths, args) -> bool:
+    """``--resume`` of a sweep whose every stage finished earlier: no trial to run, so
+    no Ray to start (the stages are listed and the results printed from the records)."""
+    if not args.resume or args.restart:
+        return False
+    from sweep.tune.state import SweepState
+    try:
+        stages = SweepState(os.path.join(paths.state, "sweep.json")).data.get("stages") or {}
+    except (OSError, ValueError):
+        return False
+    return all((stages.get(plan.name) or {}).get("status") == "finished" for plan in plans)
+
+
 def _run(exp, plans, paths: Paths, args, bundles) -> int:
     from sweep.tune import cluster
-    where = f"the cluster at {args.address}" if args.address else "a local cluster"
-    print(f"starting Ray ({where}) and the MLflow store {paths.mlflow}", flush=True)
-    ray, held = cluster.start_ray(args)
+    ray = held = None
+    if _nothing_left(plans, paths, args):
+        print(f"every stage finished earlier: not starting Ray; the MLflow store {paths.mlflow}",
+              flush=True)
+    else:
+        where = f"the cluster at {args.address}" if args.address else "a local cluster"
+        print(f"starting Ray ({where}) and the MLflow store {paths.mlflow}", flush=True)
+        ray, held = cluster.start_ray(args)
     recorder = None
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        have = ray.cluster_resources()
-        problem = cluster.check_resources(plans, have.get("CPU", 0), have.get("GPU", 0),
-                                          "the Ray cluster")
-        if not problem and args.address and not paths.remote:
-            problem = _unshared_storage(cluster, paths)
-        if problem:
-            print(f"{args.file}: {problem}", file=sys.stderr)
-            return EXIT_USAGE
+        if ray is not None:
+            have = ray.cluster_resources()
+            problem = cluster.check_resources(plans, have.get("CPU", 0), have.get("GPU", 0),
+                                              "the Ray cluster")
+            if not problem and args.address and not paths.remote:
+                problem = _unshared_storage(cluster, paths)
+            if problem:
+                print(f"{args.file}: {problem}", file=sys.stderr)
+                return EXIT_USAGE
         from sweep.track import store
         from sweep.track.recorder import SweepRecorder
         if args.restart:
             _discard(paths, exp.name)
-        cluster.log_to_file(held, os.path.join(paths.state, "driver.log"))
+        if held is not None:
+            cluster.log_to_file(held, os.path.join(paths.state, "driver.log"))
         store.prepare_store(paths.mlflow)
         recorder = SweepRecorder(paths.mlflow, exp.name, os.path.join(paths.state, "tracking.json"),
                                  resume=args.resume)
@@ -267,7 +287,8 @@ def _run(exp, plans, paths: Paths, args, bundles) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if recorder is not None:
             recorder.close("KILLED")
-        ray.shutdown()
+        if ray is not None:
+            ray.shutdown()
 
 
 def _unshared_storage(cluster, paths: Paths) -> str | None:

@@ -282,7 +282,7 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{args.file}: train.init: {first}", file=sys.stderr)
         return 2
-    if args.address:                    # trials on other machines open these files
+    if args.address and ray.is_initialized():    # trials on other machines open these files
         problem = cluster.check_seen(sorted({f["path"] for f in init_files.values()}),
                                      "train.init", "put it in a folder every node sees at "
                                      "the same path (the --storage folder, when shared)")
@@ -291,7 +291,7 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
             return 2
     _save_view(recorder, views.RUNS_VIEW, f"{exp.name}: runs and the figures to quote",
                views.runs_table_state(_table_params(exp, plans)))
-    refs = {key: ray.put(bundle.to_arrays()) for key, bundle in bundles.items()}
+    refs = None                         # the datasets in the object store, once a stage runs
     skipped = []
     for plan in plans:
         entry = state.stage(plan.name)
@@ -303,6 +303,8 @@ def run_stages(exp, plans, paths, args, recorder, bundles) -> int:
             print(f"\n== stage {plan.name}: skipped: {reason}", flush=True)
             skipped.append((plan.name, reason))
             continue
+        if refs is None:
+            refs = {key: ray.put(bundle.to_arrays()) for key, bundle in bundles.items()}
         _run_stage(plan, exp, paths, args, recorder, state, refs, init_files)
     return _summary(exp, plans, paths, recorder, state, skipped, t0)
 

@@ -119,9 +119,11 @@ def test_kill_9_then_resume_finishes_every_trial_once(tmp_path):
     start = [m.value for m in client.get_metric_history(second.info.run_id, key) if m.step == 0]
     assert len(start) == 1 and start[0] not in first, (start, first)
 
-    again = sweep(tmp_path, "s.yaml", "--resume")       # nothing left to do
+    again = sweep(tmp_path, "s.yaml", "--resume")       # nothing left to do: no Ray
     assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith("every stage finished earlier: not starting Ray")
     assert again.stdout.count("finished earlier, not rerun") == 2
+    assert "== results" in again.stdout and "stage second" in again.stdout
     assert len(runs(client, "killme")[1]) == 5
 
 
