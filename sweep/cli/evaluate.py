@@ -130,9 +130,11 @@ def main(argv=None) -> int:
         "val" if args.split == "test" else "train")
     loader = make_loader(bundle, which, args.batch_size, device, train=False,
                          workers=torch.get_num_threads())
-    calibrated = calibrate(model, make_loader(bundle, "train", args.batch_size, device, train=True,
-                                              workers=torch.get_num_threads()),
-                           args.init_alphas, args.bn_reestimate_batches)
+    calibrated = {"alphas": {}, "bn_batches": 0}
+    if args.init_alphas != "keep" or args.bn_reestimate_batches:    # the training images only then
+        train = make_loader(bundle, "train", args.batch_size, device, train=True,
+                            workers=torch.get_num_threads())
+        calibrated = calibrate(model, train, args.init_alphas, args.bn_reestimate_batches)
     t0 = time.perf_counter()
     result = evaluate_model(model, loader)
     seconds = time.perf_counter() - t0
@@ -159,9 +161,11 @@ def main(argv=None) -> int:
     print(f"  average bits: weights {cost.avg_w_bits:.3f}, activations {cost.avg_a_bits:.3f}; "
           f"weight size {cost.weight_size_bytes:,.0f} bytes; {cost.bops:,.0f} BOPs per "
           f"{bundle.image_size[0]}x{bundle.image_size[1]} image")
-    done = (["every clipping threshold fitted at its bit width (mse)"] if calibrated["alphas"] else []) + (
-        [f"BatchNorm statistics re-estimated from {calibrated['bn_batches']} batches"]
-        if calibrated["bn_batches"] else [])
+    done = []
+    if calibrated["alphas"]:
+        done.append("every clipping threshold fitted at its bit width (mse)")
+    if calibrated["bn_batches"]:
+        done.append(f"BatchNorm statistics re-estimated from {calibrated['bn_batches']} batches")
     if done:
         print(f"  calibrated on the training images first: {'; '.join(done)}")
     if info["missing_alphas"]:
