@@ -70,8 +70,8 @@ def mse_alpha(quantizer: nn.Module, x: torch.Tensor, grid: int = GRID) -> float:
 @torch.no_grad()
 def fit_alphas(model: nn.Module, x: torch.Tensor, grid: int = GRID) -> dict[str, tuple[float, float]]:
     """Set every clipping threshold of ``model`` to its ``mse_alpha``: weights from the
-    layer's weight, activations from the layer's input on one forward pass of ``x`` in
-    train mode (BatchNorm normalises by the batch: running statistics from another bit
+    layer's weight, activations from the layer's input on one forward pass of ``x`` with
+    BatchNorm in train mode (it normalises by the batch: running statistics from another bit
     width are not to be trusted; they are left unchanged). Returns
     ``{"weight/<layer>" | "act/<layer>": (old, new)}``."""
     changed: dict[str, tuple[float, float]] = {}
@@ -96,7 +96,9 @@ def fit_alphas(model: nn.Module, x: torch.Tensor, grid: int = GRID) -> dict[str,
     try:
         for m in norms:
             m.momentum = 0.0             # normalise by the batch, keep the running statistics
-        model.train()
+        model.eval()
+        for m in norms:
+            m.train()                    # only they: a DAMBQ clip moves in train mode
         model(x)
     finally:
         for h in hooks:

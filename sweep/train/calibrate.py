@@ -7,7 +7,7 @@ last steps) may need before it is trained or scored (docs/search-space.md,
 - ``train.init_alphas: mse``: every clipping threshold fitted at its layer's bit width
   (``quant.calibrate.fit_alphas``, on the first training batch);
 - ``train.bn_reestimate_batches: N``: BatchNorm running statistics forgotten and taken
-  as the plain average over N training batches forwarded in train mode. A moving
+  as the plain average over N training batches forwarded with BatchNorm in train mode (the other layers in eval mode). A moving
   average over the last steps was computed with the weights of those steps; after a
   change of bit width, or steps that flip quantized weights between levels, it no
   longer describes what the layers output.
@@ -40,7 +40,9 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable, count: int) -> int
         for m in norms:
             m.reset_running_stats()
             m.momentum = None            # a cumulative average: every batch counts the same
-        model.train()
+        model.eval()
+        for m in norms:
+            m.train()                    # only they: a DAMBQ clip would move in train mode
         for x, _ in itertools.islice(batches, count):
             model(x)
             used += 1

@@ -59,3 +59,23 @@ def test_keep_and_zero_batches_leave_the_model_as_loaded():
         assert torch.equal(value, before[name]), name
     with pytest.raises(ValueError, match="init_alphas 'best'; expected one of: keep, mse"):
         calibrate(tr.model, tr.train_loader, "best")
+
+
+def test_reestimation_moves_only_batchnorm_not_a_dambq_clip():
+    """BatchNorm alone runs in train mode while its statistics are re-estimated: a DAMBQ
+    weight clip (an EMA updated by training forwards) stays as loaded."""
+    import models
+    from quant import QuantPolicy
+    from quant.dambq import DambqWeightQuantizer
+    torch.manual_seed(0)
+    model = models.build_model("resnet20", policy=QuantPolicy(w_bits=4, a_bits=4, scheme="dambq")).eval()
+    clips = {n: m.clip.clone() for n, m in model.named_modules() if isinstance(m, DambqWeightQuantizer)}
+    assert clips
+    bn = model.layer1[0].bn1
+    before = bn.running_mean.clone()
+    batches = [(torch.randn(8, 3, 32, 32), None) for _ in range(2)]
+    assert reestimate_batchnorm(model, iter(batches), 2) == 2
+    assert not torch.equal(bn.running_mean, before) and not model.training
+    for name, m in model.named_modules():
+        if isinstance(m, DambqWeightQuantizer):
+            assert torch.equal(m.clip, clips[name]), name
