@@ -15,8 +15,10 @@
 A full-precision layer counts 32 bits everywhere. A DAMBQ layer's bits differ from channel
 to channel: given the ``model``, its layer counts its mean bits over output channels
 (weights) and over input channels (activations), which weighs each channel by its
-parameters or input elements (the BOPs of a layer, ``Σ_{co,ci} MACs/(Co·Ci) · w_co · a_ci``,
-are then exactly ``MACs · mean w · mean a``). Nothing here builds a model.
+parameters or input elements (the BOPs of a dense layer, ``Σ_{co,ci} MACs/(Co·Ci) · w_co ·
+a_ci``, are then exactly ``MACs · mean w · mean a``; a grouped or depthwise conv, whose output
+channel c reads only its own input channels, is counted the same way, which is exact only
+when its channels' bits are alike). Nothing here builds a model.
 """
 from __future__ import annotations
 

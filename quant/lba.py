@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cost import BitCost, bit_cost
+from .cost import BitCost, bit_cost, budget_excess
 from .dambq import DambqActQuantizer, DambqWeightQuantizer, dambq_layers, mean_bits
 
 __all__ = ["lba_ratio", "lba_lower", "LbaAllocator"]
@@ -56,8 +56,7 @@ class LbaAllocator:
     def __init__(self, model: nn.Module, policy, shape):
         self.model, self.policy, self.shape = model, policy, shape
         self.settings = policy.allocation
-        self.limits = {k: float(v) + self.settings.margin for k, v in (policy.budget or {}).items()
-                       if v is not None}
+        self.limits = {k: v + self.settings.margin for k, v in (policy.budget or {}).items()}
         self.sides = []          # (kind, budget key, quantizers in model order)
         for kind, key, attr, cls in _SIDES:
             qs = [getattr(m, attr) for _, m in dambq_layers(model) if isinstance(getattr(m, attr, None), cls)]
@@ -70,8 +69,8 @@ class LbaAllocator:
 
     def reached(self, cost: BitCost | None = None) -> bool:
         """Whether every average with a target is within it (target + margin)."""
-        cost = cost or self.cost()
-        return all(getattr(cost, k) <= limit + _TOLERANCE for k, limit in self.limits.items())
+        excess = budget_excess(cost or self.cost(), self.limits)
+        return all(v <= _TOLERANCE for v in excess.values())
 
     def active(self, epoch: int) -> bool:
         """Whether 0-based ``epoch`` records errors and may lower bits at its end."""
@@ -92,11 +91,11 @@ class LbaAllocator:
         ``{kind: channels lowered}`` (``weight``, ``act``; only the sides lowered)."""
         lowered = {}
         if self.recording:
-            cost = self.cost()
+            excess = budget_excess(self.cost(), self.limits)
             ratio = lba_ratio(epoch, self.settings.ratio_start, self.settings.ratio_end,
                               self.settings.schedule_epochs)
             for kind, key, qs in self.sides:
-                if key not in self.limits or getattr(cost, key) <= self.limits[key] + _TOLERANCE or not qs:
+                if excess.get(key, 0.0) <= _TOLERANCE or not qs:
                     continue
                 bits = torch.cat([q.bits for q in qs])
                 new = lba_lower(torch.cat([q.err for q in qs]), bits, ratio)

@@ -346,10 +346,6 @@ class QuantPolicy:
             raise QuantConfigError(f"{where}: {exc}") from None
         return LayerSpec(values["w_bits"], values["a_bits"], scheme, act_scheme, z)
 
-    def average_bits(self, names) -> tuple[float, float]:
-        specs = [self.spec_for(n) for n in names]
-        return (sum(s.w_bits for s in specs) / len(specs), sum(s.a_bits for s in specs) / len(specs))
-
 
 def _dambq_pair(scheme: str, act_scheme: str | None, key: str) -> None:
     """DAMBQ's weights and activations go together (``act_scheme`` None: from ``scheme``)."""

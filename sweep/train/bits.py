@@ -19,20 +19,19 @@ def layer_bits(model: nn.Module) -> dict:
     quantized: ``a_bits`` 32). A DAMBQ layer's ``w_bits``/``a_bits`` are its mean bits, and
     ``channel_w_bits`` (per output channel) and ``channel_a_bits`` (per input channel; one
     value each at ``quant.granularity: layer``) list them."""
-    from quant.dambq import dambq_layers
+    from quant.dambq import dambq_layers, mean_bits
     policy = getattr(model, "quant_policy", None) or quant.QuantPolicy()
     out = {}
     for name in quant.quantized_layer_names(model):
         spec = policy.spec_for(name)
         out[name] = {"w_bits": spec.w_bits, "a_bits": spec.a_bits, "scheme": spec.scheme,
                      "act_scheme": spec.act_scheme, "z": spec.z}
+    means = mean_bits(model)
     for name, layer in dambq_layers(model):
-        for side, attr in (("w", "weight_quant"), ("a", "act_quant")):
-            q = getattr(layer, attr, None)
-            if q is not None:
-                bits = q.bits.tolist()
-                out[name][f"{side}_bits"] = sum(bits) / len(bits)
-                out[name][f"channel_{side}_bits"] = bits
+        for side, attr, mean in zip("wa", ("weight_quant", "act_quant"), means[name]):
+            if mean is not None:
+                out[name][f"{side}_bits"] = mean
+                out[name][f"channel_{side}_bits"] = getattr(layer, attr).bits.tolist()
     for edge in (getattr(model, "first_layer", None), getattr(model, "last_layer", None)):
         if edge:
             out[edge] = {"w_bits": policy.first_last_bits, "a_bits": FULL_PRECISION,
