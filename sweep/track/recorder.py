@@ -399,8 +399,8 @@ class SweepRecorder:
             return True
 
     def log_once(self, trial_id: str, metrics: Mapping[str, float], step: int = 0) -> bool:
-        """Metrics that do not change over training (a trial's average bits, size, BOPs),
-        logged once at ``step``; later calls for the same trial (a restart, a resumed
+        """A trial's start (its average bits, size and BOPs, and the thresholds it trains
+        from), logged once at ``step``; later calls for the same trial (a restart, a resumed
         sweep) log nothing and return False."""
         with self._lock:
             run_id = self._run_of_trial(trial_id)

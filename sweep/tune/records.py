@@ -140,9 +140,8 @@ class StageRun:
     def _log_cost(self, trial_id: str, result: dict) -> None:
         """What a trial logs once, at step 0: its cost metrics and its clipping thresholds
         before training."""
-        once = {k: result[k] for k in COST_KEYS if isinstance(result.get(k), (int, float))}
-        once.update({k[len(INITIAL_PREFIX):]: v for k, v in result.items()
-                     if str(k).startswith(INITIAL_PREFIX) and _finite(v) is not None})
+        once = {k[len(INITIAL_PREFIX):]: v for k, v in result.items()
+                if str(k).startswith(INITIAL_PREFIX) and _finite(v) is not None}
         if once:
             self.recorder.log_once(trial_id, once, step=0)
 

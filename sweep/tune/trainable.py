@@ -10,12 +10,11 @@ bound with ``tune.with_parameters``), keyed by ``data_key(cfg.data)``.
 
 Each epoch is reported once: ``tune.report(metrics, checkpoint=...)`` with a folder
 holding ``model.pt`` (``Trainer.save``: weights and resume state) and ``bits.json``;
-every epoch's result also carries the trial's ``COST_KEYS`` (average bits, weight size, BOPs of
-``sweep.train.bits.bits_record``) and its clipping thresholds before training (under
-``INITIAL_PREFIX``: the values loaded from ``train.init``, else the initial ones, as
-``train.init_alphas`` leaves them), which
-the driver logs once, at step 0 (as ``alpha/...``; ``train.eval_before`` logs them with
-its step 0 instead). With a bit allocation the engine's ``bits/...`` metrics carry the
+every epoch's result also carries, under ``INITIAL_PREFIX``, the trial's start: its
+``COST_KEYS`` (average bits, weight size, BOPs of ``sweep.train.bits.bits_record``) and
+its clipping thresholds before training (``alpha/...``: those of ``train.init``, else the
+initial ones, as ``train.init_alphas`` leaves them; ``train.eval_before`` logs them with
+its step 0 instead), which the driver logs once, at step 0, without the prefix. With a bit allocation the engine's ``bits/...`` metrics carry the
 bits as they are after each epoch, and each epoch's ``bits.json`` is written anew (its
 per-channel bits).
 Every result also carries ``WHERE_KEYS`` (the node's IP and Ray node id, the device),
@@ -41,7 +40,7 @@ __all__ = ["train_trial", "METRIC_KEYS", "COST_KEYS", "INITIAL_PREFIX", "WHERE_K
 # What the driver logs to MLflow each epoch (plus every "alpha/..." key).
 METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
                "epoch_time_s")
-# What every result also carries and the driver logs once, at step 0 (quant.cost).
+# The start's cost (quant.cost), which every result carries under INITIAL_PREFIX.
 COST_KEYS = ("avg_w_bits", "avg_a_bits", "weight_size_bytes", "bops")
 # + "alpha/<kind>/<layer>": a threshold before training, which the driver logs at step 0.
 INITIAL_PREFIX = "initial/"
@@ -86,7 +85,6 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
     import torch
     from ray import tune
 
-    import quant
     from sweep.train.bits import bits_record
     from sweep.train.engine import NonFiniteLoss, Trainer
 
@@ -105,12 +103,15 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         trainer.calibrate_start()       # train.init_alphas, train.bn_reestimate_batches
-    before = {} if cfg.train.eval_before else {
-        f"{INITIAL_PREFIX}alpha/{k}": v for k, v in quant.alphas(trainer.model).items()}
+    bits = bits_record(trainer.model, data.image_size)      # at the start: before any lowering
+    # the start, logged once at step 0: the cost, and the thresholds training starts from
+    # (train.eval_before's step 0 has them); on a resume those are train.init's only
+    # where train.init_alphas kept them
+    before = {f"{INITIAL_PREFIX}{k}": bits[k] for k in COST_KEYS}
+    if not cfg.train.eval_before and (checkpoint is None or cfg.train.init_alphas == "keep"):
+        before.update({f"{INITIAL_PREFIX}{k}": v for k, v in trainer._alpha_metrics().items()})
     if checkpoint is not None:
         _resume(trainer, checkpoint)
-    bits = bits_record(trainer.model, data.image_size)
-    cost = {k: bits[k] for k in COST_KEYS}
     where = _where(trainer.device)
     first_step = time.time()
 
@@ -121,7 +122,7 @@ def train_trial(config: dict, data_refs: dict | None = None) -> None:
 
     def on_epoch(metrics: dict, tr) -> None:
         result = {k: v for k, v in metrics.items() if k != "is_best"}
-        result.update(best_so_far(metrics.get("is_best")), **cost, **before, **where)
+        result.update(best_so_far(metrics.get("is_best")), **before, **where)
         with tempfile.TemporaryDirectory(prefix="sweep-ckpt-") as folder:
             tr.save(os.path.join(folder, CHECKPOINT_FILE))
             now = bits if tr.allocator is None else bits_record(tr.model, data.image_size)
