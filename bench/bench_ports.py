@@ -38,7 +38,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.mlflow_server import start_mlflow_server, stop_mlflow_server   # noqa: E402
-from tests.support.ray_cluster import Cluster                                        # noqa: E402
+from tests.support.ray_cluster import Cluster, processes                             # noqa: E402
 from tests.support.sweeps import RUN, env                                            # noqa: E402
 
 # A read-only method of each of Ray's gRPC services; a server answers 12 (UNIMPLEMENTED)
@@ -47,20 +47,6 @@ METHODS = ("ray.rpc.NodeInfoGcsService/GetClusterId", "ray.rpc.NodeManagerServic
            "ray.rpc.ObjectManagerService/Pull", "ray.rpc.CoreWorkerService/NumPendingTasks")
 GRPC_STATUS = {0: "OK", 12: "UNIMPLEMENTED", 14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
 NO_TOKEN = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
-
-
-def processes() -> dict[int, tuple[int, int, str]]:
-    """``{pid: (ppid, pgid, comm)}`` of every process."""
-    out = {}
-    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]),
-                                      text[text.index("(") + 1:text.rindex(")")])
-    return out
 
 
 def ours(roots: list[int], groups: list[int]) -> set[int]:
@@ -182,6 +168,7 @@ def main() -> int:
                                     stderr=subprocess.STDOUT, env=env(extra))
         probes: list[threading.Thread] = []
         while proc.poll() is None:
+            server_pids = ours([], [server.pid]) if server else set()
             for name, pid, host, port in listening(ours([proc.pid], groups)):
                 key = (pid, host, port)
                 if key not in seen:
@@ -191,7 +178,7 @@ def main() -> int:
                     th.start()
                     probes.append(th)
                 seen[key][0] = ("driver " if pid == proc.pid else
-                                "mlflow server " if server and pid in ours([], [server.pid]) else
+                                "mlflow server " if pid in server_pids else
                                 "") + name
                 if name == "gcs_server" and gcs is None:
                     gcs = f"{target(host)}:{port}"

@@ -25,7 +25,7 @@ import json
 import math
 
 from sweep.config import ConfigError, Experiment, get_dotted, set_dotted
-from sweep.config.budget import draw_within_budget, has_budget, quant_cost
+from sweep.config.budget import arch_cost, draw_within_budget, has_budget, quant_cost
 from sweep.config.space import (Choice, Distribution, Grid, LogUniform, QUniform, RandInt, Uniform,
                          find_distributions, to_plain)
 from sweep.tune.lineage import describe_init
@@ -207,13 +207,13 @@ def _applying(tree: dict, row: dict) -> dict:
 
 def _averages(tree: dict) -> str:
     """A trial's averages; with a bit allocation, where it starts and what it lowers them to."""
-    cost, _ = quant_cost(tree)
+    from sweep.config.trial import quant_policy
+    policy = quant_policy(tree["quant"], tree["model"]["arch"], check_budget=False)
+    cost = arch_cost(policy, tree["model"]["arch"])
     if cost.avg_w_bits == 32 and cost.avg_a_bits == 32:
         return ""
     line = f"  | avg_w_bits {cost.avg_w_bits:.3f}  avg_a_bits {cost.avg_a_bits:.3f}"
-    if ((tree.get("quant") or {}).get("allocation") or {}).get("method", "none") != "none":
-        from sweep.config.trial import quant_policy
-        policy = quant_policy(tree["quant"], tree["model"]["arch"], check_budget=False)
+    if policy.allocation.method != "none":
         margin = policy.allocation.margin
         line += (f" at the start; {policy.allocation.method} lowers them to "
                  + ", ".join(f"{k} <= {v + margin:g}" for k, v in policy.budget.items()))

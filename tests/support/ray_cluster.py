@@ -64,19 +64,24 @@ def free_range(n: int, exclude=(), low: int = 20000, high: int = 60000) -> int:
     raise RuntimeError(f"no {n} consecutive free ports in {low}-{high}")
 
 
-def pids_in_group(pgid: int, name: str | None = None) -> list[int]:
-    """The processes of process group ``pgid`` (named ``name``: /proc/PID/comm)."""
-    out = []
+def processes() -> dict[int, tuple[int, int, str]]:
+    """``{pid: (ppid, pgid, comm)}`` of every process (/proc/PID/stat)."""
+    out = {}
     for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue
-        comm = text[text.index("(") + 1:text.rindex(")")]
         fields = text[text.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and (name is None or comm == name):
-            out.append(int(stat.parent.name))
+        out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]),
+                                      text[text.index("(") + 1:text.rindex(")")])
     return out
+
+
+def pids_in_group(pgid: int, name: str | None = None) -> list[int]:
+    """The processes of process group ``pgid`` (named ``name``: /proc/PID/comm)."""
+    return [pid for pid, (_, group, comm) in processes().items()
+            if group == pgid and (name is None or comm == name)]
 
 
 def hiding(folder: pathlib.Path) -> list[str] | None:
@@ -97,7 +102,7 @@ class Node:
     prefix ``wrap`` when one is given (it must exec the command: same pid)."""
 
     def __init__(self, root: pathlib.Path, name: str, env: dict, gcs: str | None = None,
-                 num_cpus: int = 1, timeout_s: float = 120.0, wrap: list[str] | None = None):
+                 wrap: list[str] | None = None, num_cpus: int = 1, timeout_s: float = 120.0):
         self.name, self.head = name, gcs is None
         self.temp = tempfile.mkdtemp(prefix=f"ray-{name}-")   # short: Ray's socket paths
         self.log = root / f"{name}.log"
