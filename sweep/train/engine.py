@@ -245,16 +245,17 @@ class Trainer:
     def _alpha_metrics(self) -> dict:
         return {f"alpha/{k}": v for k, v in quant.alphas(self.model).items()}
 
-    def _bits_metrics(self) -> dict:
-        """The allocation's bits now (empty without an allocation)."""
+    def _bits_metrics(self, cost=None) -> dict:
+        """The allocation's bits now (empty without an allocation); ``cost``: the
+        allocator's ``cost()``, when the caller has it."""
         if self.allocator is None:
             return {}
-        cost = self.allocator.cost().as_dict()
+        cost = (cost or self.allocator.cost()).as_dict()
         return {**{f"bits/{k}": v for k, v in cost.items()},
                 **{f"bits/{k}": v for k, v in self.allocator.layer_bits().items()}}
 
-    def _is_better(self, metrics: dict) -> bool:
-        if self.allocator is not None and not self.allocator.reached():
+    def _is_better(self, metrics: dict, cost=None) -> bool:
+        if self.allocator is not None and not self.allocator.reached(cost):
             return False                       # not yet at the budget: not a candidate
         if self.best is None:
             return True
@@ -286,13 +287,14 @@ class Trainer:
             m.update(self.evaluate())
             m["epoch_time_s"] = time.perf_counter() - t0
             m.update(self._alpha_metrics())
-            m.update(self._bits_metrics())
+            cost = None if self.allocator is None else self.allocator.cost()   # once an epoch
+            m.update(self._bits_metrics(cost))
             if self.metric not in m:
                 raise KeyError(f"search.metric {self.metric!r} is not a per-epoch metric; choose one "
                                f"of: {', '.join(k for k in m if not k.startswith(('alpha/', 'bits/')))}")
             self.epoch = epoch
             self.history.append(m)
-            m["is_best"] = self._is_better(m)
+            m["is_best"] = self._is_better(m, cost)
             if m["is_best"]:
                 self.best = {k: v for k, v in m.items() if k != "is_best"}
             if on_epoch:
